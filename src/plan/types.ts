@@ -1,0 +1,47 @@
+/**
+ * The plan: a DAG of image nodes, one per stack prefix, each with a content fingerprint
+ * and a staleness verdict. `plan/` never starts a process.
+ */
+import type { LayerKind } from "../project/types.js";
+
+/** A sha256 hex digest of a node's canonical input description. Branded so a file digest cannot stand in. */
+export type NodeKey = string & { readonly __brand: "NodeKey" };
+/** A sha256 hex digest of one file's contents. */
+export type FileDigest = string & { readonly __brand: "FileDigest" };
+
+/**
+ * Flat description of what a node was built from, for `dbuild why`: input name -> digest or value.
+ * Names: "format", "kind", "layer", "parent", "file:<relpath>" (sha256 + ":x" when executable),
+ * "link:<relpath>" (symlink target), "setting:<KEY>", "project:<key>".
+ */
+export type InputManifest = Record<string, string>;
+
+export type NodeStatus = "fresh" | "stale";
+
+export interface PlanNode {
+  /** The stack prefix this node builds, e.g. `micro:web`. Unique id of the node. */
+  stack: string;
+  /** Last element of `stack`. */
+  layer: string;
+  kind: LayerKind;
+  /** Parent stack prefix, or null for a base. */
+  parent: string | null;
+  key: NodeKey;
+  inputs: InputManifest;
+  status: NodeStatus;
+  /** Plain-words reasons when stale, e.g. "no image yet", "target/install changed". */
+  reasons: string[];
+  /** User-facing image path: build/STACK.qcow2 (for finalizing nodes too: their qcow2 before conversion). */
+  image: string;
+  /** Settings from the targets/ file (finalizing nodes: merged with project defaults). */
+  settings: Record<string, string>;
+  /** Stacks of the targets this node belongs to. */
+  targets: string[];
+}
+
+export interface Plan {
+  /** Nodes in topological order (parents before children). */
+  nodes: PlanNode[];
+  /** Requested target stacks. */
+  targets: string[];
+}

@@ -1,0 +1,80 @@
+/**
+ * The project model: what `project/` reads from demobuild.yaml, layers/ and targets/.
+ * Knows nothing of QEMU or of the build graph.
+ */
+
+export type LayerKind = "base" | "intermediate" | "finalizing";
+export type NetworkMode = "user" | "bridge";
+export type Accelerator = "auto" | "kvm" | "tcg";
+
+/** demobuild.yaml, with defaults applied. All paths absolute. */
+export interface ProjectSettings {
+  /** Absolute path of the build dir (default `<root>/build`). */
+  buildDir: string;
+  /** Default MEM (MiB) and CPUS for finalized stacks; targets/ files override per stack. */
+  defaults: { mem: number; cpus: number };
+  /** VM size used while applying a layer (MiB, count). */
+  buildVm: { mem: number; cpus: number };
+  /** Max nodes built at once (default: number of cores). */
+  jobs: number;
+  /** Max total MEM (MiB) of VMs running at once. */
+  memoryBudget: number;
+  /** Seconds. */
+  timeouts: { boot: number; install: number; shutdown: number };
+  network: { mode: NetworkMode; bridge: string };
+  accelerator: Accelerator;
+  /** Optional remote cache URLs (oci://HOST[:PORT]/REPO). */
+  cache: { from?: string; to?: string };
+}
+
+/** layers/NAME/layer.yaml, all optional. */
+export interface LayerConfig {
+  kind?: LayerKind;
+  description?: string;
+  /** VM memory / cpus while this layer is applied (override project buildVm). */
+  mem?: number;
+  cpus?: number;
+  /** Install timeout, seconds. */
+  timeout?: number;
+  /** Base layers only: declarative import of an existing image instead of running `install`. */
+  import?: { from: string; sha256: string };
+  /** Finalizing layers only: deliverable format (openstack, vagrant, vsphere, raw, ...). Default: the layer name. */
+  format?: string;
+  /** Extra environment for the layer's install. */
+  env?: Record<string, string>;
+}
+
+export interface Layer {
+  name: string;
+  /** Absolute path of layers/NAME. */
+  dir: string;
+  kind: LayerKind;
+  config: LayerConfig;
+  /** Absolute path of layer.yaml if present. */
+  configFile?: string;
+  /** True if `install` exists (file or symlink). */
+  hasInstall: boolean;
+  /** True if `install` is a symlink to utils/addlayer.sh (Demobuilder's marker of an intermediate layer). */
+  installIsAddlayer: boolean;
+}
+
+export interface Target {
+  /** File name = stack, e.g. `micro:web:openstack`. */
+  stack: string;
+  /** Absolute path of the targets/ file. */
+  file: string;
+  /** KEY=VALUE settings, in file order. */
+  settings: Record<string, string>;
+  /** 1-based line of each key, for error messages. */
+  settingLines: Record<string, number>;
+}
+
+export interface Project {
+  /** Absolute path of the project root (where demobuild.yaml / layers/ / targets/ live). */
+  root: string;
+  /** Absolute path of demobuild.yaml if present. */
+  configFile?: string;
+  settings: ProjectSettings;
+  layers: Map<string, Layer>;
+  targets: Target[];
+}

@@ -1,0 +1,31 @@
+/**
+ * The store interface the planner needs to decide freshness. The implementation lives in store/.
+ * Published images never change; `build/STACK.qcow2` is the user's view of the current image.
+ */
+import type { InputManifest, NodeKey } from "../plan/types.js";
+
+export interface NodeRecord {
+  key: NodeKey;
+  stack: string;
+  layer: string;
+  parentKey: NodeKey | null;
+  inputs: InputManifest;
+  /** Object file name relative to the objects dir. */
+  object: string;
+  /** Seconds the build took. */
+  duration: number;
+  builtAt: string;
+}
+
+export interface StoreView {
+  /** Absolute path of build/STACK.qcow2. */
+  viewPath(stack: string): string;
+  /** Record of the image built from `key`, if the store holds one. */
+  record(key: NodeKey): Promise<NodeRecord | undefined>;
+  /** Record of the image the view build/STACK.qcow2 currently shows, if any (for `why` and reasons). */
+  currentRecord(stack: string): Promise<NodeRecord | undefined>;
+  /** True if build/STACK.qcow2 exists and shows the object built from `key`. */
+  viewShows(stack: string, key: NodeKey): Promise<boolean>;
+  /** Last build duration in seconds for the stack, if known (for estimates). */
+  lastDuration(stack: string): Promise<number | undefined>;
+}

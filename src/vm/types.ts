@@ -1,0 +1,60 @@
+/**
+ * What the rest of dbuild needs from the VM runtime. `vm/` knows nothing of layers or stacks:
+ * it boots a disk image, waits for readiness, runs commands and copies files.
+ */
+import type { Accelerator, NetworkMode } from "../project/types.js";
+
+export interface VmOptions {
+  /** qcow2 disk to boot. It WILL be written: callers pass a throwaway COW child, never a published image. */
+  disk: string;
+  /** MiB. */
+  mem: number;
+  cpus: number;
+  accelerator: Accelerator;
+  network: { mode: NetworkMode; bridge: string };
+  /** Private key (OpenSSH format) for root@guest; `.pub` beside it. */
+  keyPath: string;
+  /** Where the serial console is written. */
+  serialLog: string;
+  /** Directory for sockets and temporary files of this VM (created; removed on stop). */
+  runDir: string;
+  /** Boot timeout (ms) for: agent answers + IP known + SSH accepts. */
+  bootTimeoutMs: number;
+  /** Start a VNC server on 127.0.0.1. */
+  vnc?: boolean;
+  /** Keep QEMU running after this process exits (throwaway `dbuild run`). Default false. */
+  detached?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface ExecOptions {
+  env?: Record<string, string>;
+  cwd?: string;
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface ExecResult {
+  /** Exit status, or null when killed by a signal. */
+  code: number | null;
+  signal: string | null;
+}
+
+export interface Vm {
+  readonly pid: number;
+  /** Guest-reported IPv4 (first non-loopback address the agent reports). */
+  readonly ip: string;
+  /** Host and port to reach guest SSH: 127.0.0.1:PORT in user mode, IP:22 in bridge mode. */
+  readonly sshHost: string;
+  readonly sshPort: number;
+  readonly vncDisplay?: string;
+  exec(command: string, opts?: ExecOptions): Promise<ExecResult>;
+  /** `rsync -rL` of a local directory's contents into remoteDir (created). */
+  rsyncTo(localDir: string, remoteDir: string, opts?: { signal?: AbortSignal }): Promise<void>;
+  /** Ask the guest to power off, wait, then QMP quit, then kill. Idempotent. */
+  shutdown(opts?: { timeoutMs?: number }): Promise<void>;
+  /** Kill at once (used on abort). Idempotent. */
+  kill(): Promise<void>;
+}
