@@ -2,15 +2,12 @@ import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
-    include: ["test/**/*.test.ts"],
-    // e2e tests boot real VMs under TCG: give them room, and never run two VM-heavy files at once
-    // on a 2-core machine (they would starve each other's boot timeouts).
+    // e2e tests boot real VMs under TCG: give them room.
     testTimeout: 120_000,
-    hookTimeout: 180_000,
-    fileParallelism: true,
-    maxWorkers: 2,
+    hookTimeout: 300_000,
     projects: [
       { extends: true, test: { name: "unit", include: ["test/unit/**/*.test.ts"] } },
+      // One VM-heavy file at a time on a 2-core machine: parallel files would starve each other's boot timeouts.
       { extends: true, test: { name: "e2e", include: ["test/e2e/**/*.test.ts"], fileParallelism: false } },
     ],
   },

@@ -15,6 +15,8 @@ export interface NodeRecord {
   /** Seconds the build took. */
   duration: number;
   builtAt: string;
+  /** Finalizing nodes: the deliverable (path relative to the build dir, object file name). */
+  deliverable?: { path: string; object: string };
 }
 
 export interface StoreView {

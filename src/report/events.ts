@@ -1,0 +1,76 @@
+/**
+ * Typed events flowing from the executor to reporters. Reporters (tty, plain, json, junit) are the
+ * only code that turns them into text.
+ */
+import type { LayerKind } from "../project/types.js";
+
+/** The steps of a node, in the order they run. Base: install|import; others: the seed's seven steps. */
+export type Step =
+  | "queued"
+  | "import"
+  | "install-host"
+  | "cow"
+  | "boot"
+  | "rsync"
+  | "install"
+  | "cleanup"
+  | "poweroff"
+  | "convert"
+  | "publish"
+  | "pull";
+
+export type BuildEvent =
+  | { type: "build-start"; time: number; stale: string[]; fresh: string[]; jobs: number }
+  | { type: "node-start"; time: number; stack: string; layer: string; kind: LayerKind }
+  | { type: "step"; time: number; stack: string; step: Step; detail?: string }
+  | { type: "output"; time: number; stack: string; stream: "stdout" | "stderr"; line: string }
+  | {
+      type: "node-done";
+      time: number;
+      stack: string;
+      duration: number;
+      image: string;
+      deliverable?: string;
+      next?: string;
+      pulled?: boolean;
+    }
+  | {
+      type: "node-failed";
+      time: number;
+      stack: string;
+      step: Step;
+      duration: number;
+      message: string;
+      exitCode?: number | null;
+      logTail: string[];
+      logPath: string;
+      keptDisk?: string;
+    }
+  | { type: "node-skipped"; time: number; stack: string; reason: string }
+  | {
+      type: "build-done";
+      time: number;
+      ok: boolean;
+      built: string[];
+      failed: string[];
+      skipped: string[];
+      duration: number;
+      interrupted: boolean;
+    };
+
+export interface Reporter {
+  event(e: BuildEvent): void;
+  /** Flush and release the terminal. */
+  close(): void;
+}
+
+/** Fan one event stream out to several reporters (e.g. tty + junit). */
+export class MultiReporter implements Reporter {
+  constructor(private readonly reporters: Reporter[]) {}
+  event(e: BuildEvent): void {
+    for (const r of this.reporters) r.event(e);
+  }
+  close(): void {
+    for (const r of this.reporters) r.close();
+  }
+}

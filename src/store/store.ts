@@ -1,0 +1,238 @@
+/**
+ * The image store: immutable objects addressed by node key, atomic publication, and the
+ * Demobuilder view `build/STACK.qcow2` (a relative symlink to the current object).
+ *
+ * Layout under the build dir:
+ *   STACK.qcow2                    -> .dbuild/objects/<key>.qcow2   (user's view, deleting it = stale)
+ *   <layer>/<stack>.<ext>          -> ../.dbuild/objects/<key>.<ext> (deliverables of finalizing nodes)
+ *   logs/<stack>.log               per-node log (install output, serial console)
+ *   .dbuild/objects/<key>.qcow2    read-only; backing file recorded as a bare file name (same dir), so
+ *                                  the whole build dir can be moved, copied or cached
+ *   .dbuild/records/<key>.json     what the object was built from (inputs, parent key, duration)
+ *   .dbuild/tmp/                   work in progress; never referenced by a published object
+ *
+ * Why objects are never replaced: a child's qcow2 holds only a delta over its parent's bytes. If a
+ * parent object changed under a child, the child would silently become garbage. So a rebuild of a key
+ * whose object still exists (the user deleted the view to force it) publishes under a new name
+ * (`<key>.<n>.qcow2`) and leaves the old one for the children backed by it; `gc` removes it later.
+ */
+import { randomBytes } from "node:crypto";
+import { constants as fsc } from "node:fs";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import type { NodeKey } from "../plan/types.js";
+import type { NodeRecord, StoreView } from "./types.js";
+import { qemuImg } from "./qemu-img.js";
+
+export class Store implements StoreView {
+  readonly buildDir: string;
+  readonly internalDir: string;
+  readonly objectsDir: string;
+  readonly recordsDir: string;
+  readonly tmpDir: string;
+  readonly logsDir: string;
+  readonly cacheDir: string;
+  private readonly recordCache = new Map<string, NodeRecord | null>();
+
+  constructor(buildDir: string) {
+    this.buildDir = path.resolve(buildDir);
+    this.internalDir = path.join(this.buildDir, ".dbuild");
+    this.objectsDir = path.join(this.internalDir, "objects");
+    this.recordsDir = path.join(this.internalDir, "records");
+    this.tmpDir = path.join(this.internalDir, "tmp");
+    this.logsDir = path.join(this.buildDir, "logs");
+    this.cacheDir = path.join(this.internalDir, "cache");
+  }
+
+  async init(): Promise<void> {
+    for (const d of [this.objectsDir, this.recordsDir, this.tmpDir, this.logsDir, this.cacheDir]) {
+      await fs.mkdir(d, { recursive: true });
+    }
+  }
+
+  viewPath(stack: string): string {
+    return path.join(this.buildDir, `${stack}.qcow2`);
+  }
+
+  deliverablePath(layer: string, stack: string, ext: string): string {
+    return path.join(this.buildDir, layer, `${stack}.${ext}`);
+  }
+
+  logPath(stack: string): string {
+    return path.join(this.logsDir, `${stack}.log`);
+  }
+
+  objectPath(name: string): string {
+    return path.join(this.objectsDir, name);
+  }
+
+  async record(key: NodeKey): Promise<NodeRecord | undefined> {
+    const hit = this.recordCache.get(key);
+    if (hit !== undefined) return hit ?? undefined;
+    let rec: NodeRecord | null = null;
+    try {
+      rec = JSON.parse(await fs.readFile(path.join(this.recordsDir, `${key}.json`), "utf8")) as NodeRecord;
+      // A record without its object is not an image (object deleted by hand, or gc in progress).
+      if (!(await exists(this.objectPath(rec.object)))) rec = null;
+    } catch {
+      rec = null;
+    }
+    this.recordCache.set(key, rec);
+    return rec ?? undefined;
+  }
+
+  /** Object file name the view of `stack` points at, if the view is a link into the objects dir. */
+  async viewObject(stack: string): Promise<string | undefined> {
+    return this.linkedObject(this.viewPath(stack));
+  }
+
+  private async linkedObject(link: string): Promise<string | undefined> {
+    try {
+      const target = await fs.readlink(link);
+      const abs = path.resolve(path.dirname(link), target);
+      if (path.dirname(abs) !== this.objectsDir) return undefined;
+      if (!(await exists(abs))) return undefined;
+      return path.basename(abs);
+    } catch {
+      return undefined;
+    }
+  }
+
+  async currentRecord(stack: string): Promise<NodeRecord | undefined> {
+    const obj = await this.viewObject(stack);
+    if (obj) {
+      const key = obj.split(".")[0] as NodeKey;
+      const rec = await this.record(key);
+      if (rec) return rec;
+    }
+    // The view was deleted: fall back to the last record written for this stack, so `why` and the
+    // staleness reasons can still compare inputs.
+    return this.lastRecordForStack(stack);
+  }
+
+  private stackIndex: Map<string, NodeRecord> | undefined;
+
+  private async lastRecordForStack(stack: string): Promise<NodeRecord | undefined> {
+    if (!this.stackIndex) {
+      this.stackIndex = new Map();
+      let names: string[] = [];
+      try {
+        names = await fs.readdir(this.recordsDir);
+      } catch {
+        names = [];
+      }
+      for (const n of names) {
+        if (!n.endsWith(".json")) continue;
+        const rec = await this.record(n.slice(0, -5) as NodeKey);
+        if (!rec) continue;
+        const prev = this.stackIndex.get(rec.stack);
+        if (!prev || prev.builtAt < rec.builtAt) this.stackIndex.set(rec.stack, rec);
+      }
+    }
+    return this.stackIndex.get(stack);
+  }
+
+  async viewShows(stack: string, key: NodeKey): Promise<boolean> {
+    const rec = await this.record(key);
+    if (!rec) return false;
+    if ((await this.viewObject(stack)) !== rec.object) return false;
+    if (rec.deliverable) {
+      const link = path.join(this.buildDir, rec.deliverable.path);
+      if ((await this.linkedObject(link)) !== rec.deliverable.object) return false;
+    }
+    return true;
+  }
+
+  async lastDuration(stack: string): Promise<number | undefined> {
+    return (await this.currentRecord(stack))?.duration;
+  }
+
+  /** A fresh temporary path under .dbuild/tmp (same filesystem as objects, so rename is atomic). */
+  tmpPath(hint: string): string {
+    return path.join(this.tmpDir, `${hint.replace(/[^A-Za-z0-9._-]/g, "_")}.${randomBytes(4).toString("hex")}`);
+  }
+
+  /**
+   * Publish a finished qcow2: re-point its backing file at the parent's object by bare name (both live
+   * in objects/), make it read-only and move it into place under a name no other image uses.
+   * Returns the object file name.
+   */
+  async publishImage(tmpFile: string, key: NodeKey, parentObject: string | null): Promise<string> {
+    if (parentObject) {
+      await qemuImg(["rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", parentObject, tmpFile]);
+    }
+    return this.publishFile(tmpFile, key, "qcow2");
+  }
+
+  /** Atomically move a finished file into objects/ as `<key>.<ext>` (or `<key>.<n>.<ext>`), read-only. */
+  async publishFile(tmpFile: string, key: NodeKey, ext: string): Promise<string> {
+    await fs.chmod(tmpFile, 0o444);
+    for (let n = 0; ; n++) {
+      const name = n === 0 ? `${key}.${ext}` : `${key}.${n}.${ext}`;
+      try {
+        // link() fails if the name exists: never replaces an object another image may be backed by.
+        await fs.link(tmpFile, this.objectPath(name));
+        await fs.unlink(tmpFile);
+        return name;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      }
+    }
+  }
+
+  /** Write the record, then point the user's views at the new objects (each an atomic rename). */
+  async commit(rec: NodeRecord): Promise<void> {
+    await writeFileAtomic(path.join(this.recordsDir, `${rec.key}.json`), JSON.stringify(rec, null, 2) + "\n");
+    this.recordCache.set(rec.key, rec);
+    this.stackIndex?.set(rec.stack, rec);
+    await this.pointLink(this.viewPath(rec.stack), this.objectPath(rec.object));
+    if (rec.deliverable) {
+      await this.pointLink(path.join(this.buildDir, rec.deliverable.path), this.objectPath(rec.deliverable.object));
+    }
+  }
+
+  private async pointLink(link: string, target: string): Promise<void> {
+    await fs.mkdir(path.dirname(link), { recursive: true });
+    const tmp = `${link}.tmp-${randomBytes(4).toString("hex")}`;
+    await fs.symlink(path.relative(path.dirname(link), target), tmp);
+    await fs.rename(tmp, link);
+  }
+
+  /** Remove leftovers of interrupted builds (nothing published refers to tmp/). */
+  async cleanTmp(): Promise<void> {
+    await fs.rm(this.tmpDir, { recursive: true, force: true });
+    await fs.mkdir(this.tmpDir, { recursive: true });
+  }
+
+  /** Every record in the store (for gc, push). */
+  async allRecords(): Promise<NodeRecord[]> {
+    const out: NodeRecord[] = [];
+    let names: string[] = [];
+    try {
+      names = await fs.readdir(this.recordsDir);
+    } catch {
+      return out;
+    }
+    for (const n of names) {
+      if (!n.endsWith(".json")) continue;
+      const rec = await this.record(n.slice(0, -5) as NodeKey);
+      if (rec) out.push(rec);
+    }
+    return out;
+  }
+}
+
+export async function writeFileAtomic(file: string, data: string): Promise<void> {
+  const tmp = `${file}.tmp-${randomBytes(4).toString("hex")}`;
+  await fs.writeFile(tmp, data);
+  await fs.rename(tmp, file);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.access(p, fsc.F_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
