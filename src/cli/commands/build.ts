@@ -1,0 +1,158 @@
+/**
+ * `dbuild all`, `dbuild build STACK...`, `dbuild STACK...`: wire project -> plan -> executor -> reporters.
+ */
+import * as os from "node:os";
+import type { Command } from "commander";
+import lockfile from "proper-lockfile";
+import { build, type BuildOptions } from "../../exec/executor.js";
+import { makePlan } from "../../plan/planner.js";
+import { loadProject } from "../../project/load.js";
+import type { Project } from "../../project/types.js";
+import type { BuildEvent, Reporter } from "../../report/events.js";
+import { MultiReporter } from "../../report/events.js";
+import { JsonReporter, PlainReporter, TtyReporter } from "../../report/reporters.js";
+import { Store } from "../../store/store.js";
+import { DbuildError } from "../../util/errors.js";
+import { installVmCleanupHandlers } from "../../vm/registry.js";
+import { runPlan } from "./plan.js";
+
+export interface BuildCliOptions {
+  jobs?: string;
+  keepGoing?: boolean;
+  keepFailed?: boolean;
+  dryRun?: boolean;
+  json?: boolean;
+  dot?: boolean;
+  progress?: string;
+}
+
+export function addBuildOptions(cmd: Command): Command {
+  return cmd
+    .option("-j, --jobs <n>", "nodes built at once (default: demobuild.yaml jobs, else the number of cores)")
+    .option("-k, --keep-going", "after a failure, build everything the failure does not block")
+    .option("--keep-failed", "keep a failed VM's disk under build/failed/ and print how to boot it")
+    .option("-n, --dry-run", "print the plan (same as `dbuild plan`) and build nothing")
+    .option("--json", "with --dry-run: the plan as JSON")
+    .option("--dot", "with --dry-run: the plan as Graphviz")
+    .option("--progress <mode>", "tty | plain | json (default: tty on a terminal, else plain)");
+}
+
+export function projectRoot(cmd: Command): string {
+  const o = cmd.optsWithGlobals<{ dir?: string }>();
+  return o.dir ?? process.cwd();
+}
+
+export function makeReporter(mode: string | undefined): Reporter {
+  const write = (s: string): void => {
+    process.stdout.write(s);
+  };
+  const m = mode ?? (process.stdout.isTTY ? "tty" : "plain");
+  switch (m) {
+    case "tty":
+      return new TtyReporter(write);
+    case "plain":
+      return new PlainReporter(write);
+    case "json":
+      return new JsonReporter(write);
+    default:
+      throw new DbuildError({ reason: "bad-option", where: "--progress", message: `unknown mode "${m}"`, hint: "use tty, plain or json" });
+  }
+}
+
+export function parseJobs(v: string | undefined, project: Project): number {
+  if (v === undefined) return project.settings.jobs;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new DbuildError({ reason: "bad-option", where: "-j", message: `"${v}" is not a positive whole number`, hint: `e.g. -j ${os.availableParallelism()}` });
+  }
+  return n;
+}
+
+/** Hold the build dir for the whole build: two builds in one dir would race on the same tmp objects. */
+export async function lockBuildDir(store: Store): Promise<() => Promise<void>> {
+  await store.init();
+  try {
+    return await lockfile.lock(store.internalDir, { stale: 30_000, update: 10_000, retries: 0, realpath: false });
+  } catch {
+    throw new DbuildError({
+      reason: "locked",
+      where: store.buildDir,
+      message: "another dbuild is building in this build dir",
+      hint: "wait for it to finish (or remove the stale lock .dbuild.lock if no dbuild is running)",
+    });
+  }
+}
+
+/** Ctrl-C / SIGTERM abort the build: running VMs are stopped, nothing half-built is published. */
+export function interruptController(): { signal: AbortSignal; dispose: () => void } {
+  const ac = new AbortController();
+  const onSig = (): void => {
+    if (ac.signal.aborted) process.exit(130);
+    ac.abort(new Error("interrupted"));
+  };
+  process.on("SIGINT", onSig);
+  process.on("SIGTERM", onSig);
+  return {
+    signal: ac.signal,
+    dispose: () => {
+      process.off("SIGINT", onSig);
+      process.off("SIGTERM", onSig);
+    },
+  };
+}
+
+export interface RunBuildExtras {
+  reporters?: Reporter[];
+  hooks?: Pick<BuildOptions, "tryPull" | "afterPublish">;
+  /** Filter the stale work (e.g. --shard). */
+  select?: (stacks: string[]) => Set<string>;
+}
+
+export async function runBuild(root: string, stacks: "all" | string[], o: BuildCliOptions, extras: RunBuildExtras = {}): Promise<number> {
+  if (o.dryRun) {
+    return runPlan(root, stacks, { json: o.json ?? false, dot: o.dot ?? false }, (p: Project) => new Store(p.settings.buildDir));
+  }
+  const project = await loadProject(root);
+  const jobs = parseJobs(o.jobs, project);
+  const store = new Store(project.settings.buildDir);
+  const reporter = new MultiReporter([makeReporter(o.progress), ...(extras.reporters ?? [])]);
+  installVmCleanupHandlers();
+  const release = await lockBuildDir(store);
+  const intr = interruptController();
+  try {
+    await store.cleanTmp();
+    const plan = await makePlan(project, stacks, store);
+    if (extras.select) {
+      const keep = extras.select(plan.nodes.filter((n) => n.status === "stale").map((n) => n.stack));
+      for (const n of plan.nodes) if (n.status === "stale" && !keep.has(n.stack)) n.status = "fresh";
+    }
+    const emit = (e: BuildEvent): void => reporter.event(e);
+    const res = await build(project, plan, store, {
+      jobs,
+      keepGoing: o.keepGoing ?? false,
+      keepFailed: o.keepFailed ?? false,
+      signal: intr.signal,
+      emit,
+      ...extras.hooks,
+    });
+    return res.interrupted ? 130 : res.ok ? 0 : 1;
+  } finally {
+    intr.dispose();
+    reporter.close();
+    await store.cleanTmp().catch(() => undefined);
+    await release().catch(() => undefined);
+  }
+}
+
+export function registerBuildCommands(program: Command): void {
+  addBuildOptions(
+    program.command("all").description("build every stack named in targets/ (parents first, only stale nodes)"),
+  ).action(async (o: BuildCliOptions, cmd: Command) => {
+    process.exitCode = await runBuild(projectRoot(cmd), "all", o);
+  });
+  addBuildOptions(
+    program.command("build").description("build the named stacks (or all targets with no argument)").argument("[stacks...]"),
+  ).action(async (stacks: string[], o: BuildCliOptions, cmd: Command) => {
+    process.exitCode = await runBuild(projectRoot(cmd), stacks.length ? stacks : "all", o);
+  });
+}

@@ -1,0 +1,167 @@
+/**
+ * Build reporters: plain (one line per event, for logs and CI), json (NDJSON), tty (live view).
+ */
+import pc from "picocolors";
+import type { BuildEvent, Reporter } from "./events.js";
+import { unreachable } from "../util/errors.js";
+
+type Write = (s: string) => void;
+
+function hms(t: number): string {
+  return new Date(t).toISOString().slice(11, 19);
+}
+
+export function secs(n: number): string {
+  return n < 60 ? `${n.toFixed(1)} s` : `${Math.floor(n / 60)} min ${Math.round(n % 60)} s`;
+}
+
+/** Lines shown when a node fails: stack, step, exit code, log tail and where the log is. */
+export function failureLines(e: Extract<BuildEvent, { type: "node-failed" }>): string[] {
+  const code = e.exitCode === undefined ? "" : e.exitCode === null ? " (killed)" : ` (exit code ${e.exitCode})`;
+  const out = [`${e.stack}: FAILED in step ${e.step}${code}: ${e.message}`];
+  if (e.logTail.length) {
+    out.push(`--- last ${e.logTail.length} lines of ${e.logPath} ---`);
+    out.push(...e.logTail.map((l) => `  ${l}`));
+    out.push("---");
+  }
+  out.push(`full log: ${e.logPath}`);
+  if (e.keptDisk) {
+    out.push(`kept the failed VM's disk: ${e.keptDisk}`);
+    out.push(`  boot it:  dbuild snap ${e.keptDisk} /tmp/failed.qcow2 && eval "$(dbuild run /tmp/failed.qcow2)" && dbuild ssh /tmp/failed.qcow2`);
+  }
+  return out;
+}
+
+function summaryLines(e: Extract<BuildEvent, { type: "build-done" }>): string[] {
+  const parts = [`${e.built.length} built`];
+  if (e.failed.length) parts.push(`${e.failed.length} failed (${e.failed.join(", ")})`);
+  if (e.skipped.length) parts.push(`${e.skipped.length} not built`);
+  const head = e.interrupted ? "interrupted" : e.ok ? "done" : "FAILED";
+  return [`${head}: ${parts.join(", ")} in ${secs(e.duration)}`];
+}
+
+export class PlainReporter implements Reporter {
+  constructor(private readonly write: Write, private readonly showOutput = true) {}
+  event(e: BuildEvent): void {
+    const line = (stack: string, msg: string): void => this.write(`${hms(e.time)} ${stack}: ${msg}\n`);
+    switch (e.type) {
+      case "build-start":
+        this.write(`${hms(e.time)} ${e.stale.length ? `building ${e.stale.length} node(s): ${e.stale.join(", ")}` : "nothing to build: every node is fresh"}${e.fresh.length ? ` (${e.fresh.length} fresh)` : ""}\n`);
+        break;
+      case "node-start":
+        line(e.stack, `started (${e.kind} layer ${e.layer})`);
+        break;
+      case "step":
+        line(e.stack, e.detail ? `${e.step}: ${e.detail}` : e.step);
+        break;
+      case "output":
+        if (this.showOutput) line(e.stack, `${e.stream === "stderr" ? "! " : "| "}${e.line}`);
+        break;
+      case "node-done":
+        line(e.stack, `${e.pulled ? "pulled from cache" : "done"} in ${secs(e.duration)} -> ${e.deliverable ?? e.image}`);
+        if (e.next) line(e.stack, `next: ${e.next}`);
+        break;
+      case "node-failed":
+        for (const l of failureLines(e)) this.write(`${hms(e.time)} ${l}\n`);
+        break;
+      case "node-skipped":
+        line(e.stack, `not built: ${e.reason}`);
+        break;
+      case "build-done":
+        for (const l of summaryLines(e)) this.write(`${hms(e.time)} ${l}\n`);
+        break;
+      default:
+        unreachable(e);
+    }
+  }
+  close(): void {}
+}
+
+export class JsonReporter implements Reporter {
+  constructor(private readonly write: Write) {}
+  event(e: BuildEvent): void {
+    this.write(JSON.stringify(e) + "\n");
+  }
+  close(): void {}
+}
+
+/**
+ * Live terminal view: finished nodes scroll above; below them one line per running node
+ * (stack, step, elapsed), redrawn in place every second.
+ */
+export class TtyReporter implements Reporter {
+  private readonly running = new Map<string, { start: number; step: string; stepStart: number }>();
+  private drawn = 0;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly write: Write) {
+    this.timer = setInterval(() => this.redraw(), 1000);
+    this.timer.unref();
+  }
+
+  private clear(): void {
+    if (this.drawn) this.write(`\x1b[${this.drawn}F\x1b[J`);
+    this.drawn = 0;
+  }
+
+  private redraw(): void {
+    this.clear();
+    const now = Date.now();
+    const lines = [...this.running].map(
+      ([stack, r]) => `${pc.cyan("●")} ${pc.bold(stack)}  ${r.step}  ${pc.dim(secs((now - r.start) / 1000))}`,
+    );
+    for (const l of lines) this.write(l + "\n");
+    this.drawn = lines.length;
+  }
+
+  private above(text: string): void {
+    this.clear();
+    this.write(text + "\n");
+    this.redraw();
+  }
+
+  event(e: BuildEvent): void {
+    switch (e.type) {
+      case "build-start":
+        this.above(e.stale.length ? `building ${e.stale.length} node(s) with -j ${e.jobs}` : pc.green("nothing to build: every node is fresh"));
+        break;
+      case "node-start":
+        this.running.set(e.stack, { start: e.time, step: "starting", stepStart: e.time });
+        this.redraw();
+        break;
+      case "step": {
+        const r = this.running.get(e.stack);
+        if (r) {
+          r.step = e.detail ? `${e.step} (${e.detail})` : e.step;
+          r.stepStart = e.time;
+        }
+        this.redraw();
+        break;
+      }
+      case "output":
+        break;
+      case "node-done":
+        this.running.delete(e.stack);
+        this.above(`${pc.green("✓")} ${pc.bold(e.stack)} ${pc.dim(e.pulled ? "pulled" : secs(e.duration))}  ${e.deliverable ?? e.image}${e.next ? `\n  next: ${e.next}` : ""}`);
+        break;
+      case "node-failed":
+        this.running.delete(e.stack);
+        this.above(failureLines(e).map((l, i) => (i === 0 ? pc.red(`✗ ${l}`) : l)).join("\n"));
+        break;
+      case "node-skipped":
+        this.above(`${pc.yellow("-")} ${e.stack} ${pc.dim(`not built: ${e.reason}`)}`);
+        break;
+      case "build-done":
+        this.running.clear();
+        this.above(summaryLines(e).map((l) => (e.ok ? pc.green(l) : pc.red(l))).join("\n"));
+        break;
+      default:
+        unreachable(e);
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.clear();
+  }
+}
