@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One-stop set-up on a fresh Debian/Ubuntu machine with Node >= 20 (run as root, or with sudo available).
+#   bash scripts/setup.sh all    install what dbuild needs, then build the example stacks (dbuild all)
+#   bash scripts/setup.sh test   install what the tests need, then run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what=${1:-all}
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+# Host tools: QEMU and qemu-img (VMs), OpenSSH + rsync (layer transfer), and what the micro base layer
+# and the finalizing layers use on the host: apt-get download (needs fresh package lists), e2fsprogs
+# (mkfs.ext4 -d), fdisk (sfdisk), syslinux + mtools + dosfstools (the boot partition), cpio (initramfs),
+# xz/zstd (kernel modules). Tests also start a real OCI registry (docker-registry) and use skopeo.
+packages=(qemu-system-x86 qemu-utils rsync openssh-client e2fsprogs fdisk syslinux syslinux-common mtools
+  dosfstools cpio xz-utils zstd tar gzip ca-certificates)
+[ "$what" = test ] && packages+=(docker-registry skopeo git)
+
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+npm ci --no-audit --no-fund
+
+case "$what" in
+  all) exec node bin/dbuild.js all ;;
+  test) exec npm test ;;
+  *) echo "usage: $0 all|test" >&2; exit 2 ;;
+esac
