@@ -16,6 +16,7 @@ import type { BuildEvent, Step } from "../report/events.js";
 import { qemuImg } from "../store/qemu-img.js";
 import type { Store } from "../store/store.js";
 import type { NodeRecord } from "../store/types.js";
+import { userCacheDir } from "../store/user-cache.js";
 import { errorMessage } from "../util/errors.js";
 import { ensureProjectKey } from "../vm/keys.js";
 import { startVm } from "../vm/qemu.js";
@@ -223,7 +224,7 @@ async function buildBase(
     setStep("import", imp.from);
     const file = await fetchImport(imp.from, imp.sha256, {
       layerDir: layer.dir,
-      cacheDir: store.cacheDir,
+      cacheDir: userCacheDir(),
       signal,
       progress: (d) => setStep("import", d),
     });
@@ -234,7 +235,7 @@ async function buildBase(
   const keys = await ensureProjectKey(project.root);
   const workdir = store.tmpPath(`${node.stack}-work`);
   await fs.mkdir(workdir, { recursive: true });
-  const cache = path.join(store.cacheDir, "layers", layer.name);
+  const cache = path.join(userCacheDir(), "layers", layer.name);
   await fs.mkdir(cache, { recursive: true });
   setStep("install-host", "running install on the host");
   try {
