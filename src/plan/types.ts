@@ -37,6 +37,10 @@ export interface PlanNode {
   settings: Record<string, string>;
   /** Stacks of the targets this node belongs to. */
   targets: string[];
+  /** What a build of this node would do, in plain words (for `plan`). */
+  steps: string[];
+  /** Seconds the last build of this stack took, when the store knows (stale nodes only). */
+  lastDuration?: number;
 }
 
 export interface Plan {
@@ -44,4 +48,6 @@ export interface Plan {
   nodes: PlanNode[];
   /** Requested target stacks. */
   targets: string[];
+  /** Files seen / hashed while fingerprinting (hashed < files means the stat cache worked). */
+  hashStats?: { files: number; hashed: number; bytesHashed: number };
 }

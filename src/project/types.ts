@@ -56,6 +56,12 @@ export interface Layer {
   hasInstall: boolean;
   /** True if `install` is a symlink to utils/addlayer.sh (Demobuilder's marker of an intermediate layer). */
   installIsAddlayer: boolean;
+  /** True if an executable `convert` exists: the host-side converter of a finalizing layer. */
+  hasConvert?: boolean;
+  /** True if `target/` exists (what a layer VM cycle rsyncs into the guest). */
+  hasTarget?: boolean;
+  /** How `kind` was decided, for messages: "layer.yaml", "convert", "addlayer", "install", "import". */
+  kindFrom?: string;
 }
 
 export interface Target {

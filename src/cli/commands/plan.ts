@@ -1,0 +1,82 @@
+/**
+ * `dbuild plan [all|STACK...] [--json] [--dot]` and `dbuild why STACK`: wiring only.
+ */
+import type { Command } from "commander";
+import { loadProject } from "../../project/load.js";
+import type { Project } from "../../project/types.js";
+import { makePlan } from "../../plan/planner.js";
+import type { Plan } from "../../plan/types.js";
+import { whyDiff } from "../../plan/why.js";
+import { renderPlanDot, renderPlanJson, renderPlanText, renderWhy } from "../../report/plan.js";
+import type { StoreView } from "../../store/types.js";
+import { DbuildError } from "../../util/errors.js";
+
+export interface PlanCliOptions {
+  json?: boolean;
+  dot?: boolean;
+  /** Where output goes (default stdout). */
+  write?: (s: string) => void;
+  color?: boolean;
+}
+
+type StoreSource = StoreView | ((project: Project) => StoreView);
+const storeFor = (s: StoreSource, p: Project): StoreView => (typeof s === "function" ? s(p) : s);
+
+function rootOf(cmd: Command): string {
+  const dir = cmd.optsWithGlobals<{ dir?: string }>().dir;
+  return dir ?? process.cwd();
+}
+
+function checkFormats(o: PlanCliOptions): void {
+  if (o.json && o.dot) {
+    throw new DbuildError({ reason: "bad-option", where: "command line", message: "--json and --dot cannot be used together", hint: "pick one output format" });
+  }
+}
+
+/** Load, plan and print. Returns the exit code (0: printed; problems are thrown as DbuildError). */
+export async function runPlan(root: string, stacks: "all" | string[], opts: PlanCliOptions, store: StoreSource): Promise<number> {
+  await planAndPrint(root, stacks, opts, store);
+  return 0;
+}
+
+/** Like runPlan, but hands back the plan too (for tests and callers that want both). */
+export async function planAndPrint(root: string, stacks: "all" | string[], opts: PlanCliOptions, store: StoreSource): Promise<Plan> {
+  checkFormats(opts);
+  const write = opts.write ?? ((s: string) => void process.stdout.write(s));
+  const project = await loadProject(root);
+  const plan = await makePlan(project, stacks.length ? stacks : "all", storeFor(store, project));
+  if (opts.json) write(renderPlanJson(plan));
+  else if (opts.dot) write(renderPlanDot(plan));
+  else write(renderPlanText(plan, { color: opts.color ?? (process.stdout.isTTY && !process.env.NO_COLOR) }));
+  return plan;
+}
+
+export async function runWhy(root: string, stack: string, opts: Pick<PlanCliOptions, "write" | "color">, store: StoreSource): Promise<number> {
+  const write = opts.write ?? ((s: string) => void process.stdout.write(s));
+  const project = await loadProject(root);
+  const view = storeFor(store, project);
+  const plan = await makePlan(project, [stack], view);
+  const node = plan.nodes.find((n) => n.stack === stack)!;
+  const record = await view.currentRecord(stack);
+  write(renderWhy(node, whyDiff(node, record), record !== undefined, { color: opts.color ?? (process.stdout.isTTY && !process.env.NO_COLOR) }));
+  return 0;
+}
+
+export function registerPlanCommands(program: Command, getStore: (project: Project) => StoreView): void {
+  program
+    .command("plan")
+    .description("show what a build would do: the stack tree, what is stale and why, and the steps (builds nothing)")
+    .argument("[stacks...]", "stacks to plan, or `all` (default: every file in targets/)")
+    .option("--json", "print the plan as JSON")
+    .option("--dot", "print the plan as a Graphviz digraph")
+    .action(async (stacks: string[], o: { json?: boolean; dot?: boolean }, cmd: Command) => {
+      process.exitCode = await runPlan(rootOf(cmd), stacks.length ? stacks : "all", { json: o.json ?? false, dot: o.dot ?? false }, getStore);
+    });
+  program
+    .command("why")
+    .description("list the inputs of STACK that differ from what its current image was built from")
+    .argument("<stack>", "a stack, e.g. micro:web")
+    .action(async (stack: string, _o: unknown, cmd: Command) => {
+      process.exitCode = await runWhy(rootOf(cmd), stack, {}, getStore);
+    });
+}

@@ -1,0 +1,36 @@
+/**
+ * The DAG: one node per stack prefix, shared prefixes once (micro:web:openstack and micro:web:vagrant
+ * share micro:web and micro). Every node has at most one parent, so the DAG is a forest rooted at bases.
+ */
+import { Graph, alg } from "@dagrejs/graphlib";
+import { parentOf, prefixes } from "../project/stack.js";
+
+export function buildGraph(stacks: readonly string[]): Graph {
+  const g = new Graph({ directed: true });
+  for (const s of stacks) {
+    for (const p of prefixes(s)) {
+      g.setNode(p);
+      const parent = parentOf(p);
+      if (parent !== null) g.setEdge(parent, p);
+    }
+  }
+  return g;
+}
+
+const byName = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+
+/**
+ * Parents before children, in depth-first order with siblings sorted, so the order is deterministic
+ * and reads as a tree.
+ */
+export function topoOrder(g: Graph): string[] {
+  const order: string[] = [];
+  const visit = (v: string): void => {
+    order.push(v);
+    for (const c of [...(g.successors(v) ?? [])].sort(byName)) visit(c);
+  };
+  for (const root of [...g.sources()].sort(byName)) visit(root);
+  // By construction there are no cycles; a cycle would mean a bug in prefix handling, so fail loudly.
+  if (order.length !== g.nodeCount() || !alg.isAcyclic(g)) throw new Error("plan graph is not a forest");
+  return order;
+}

@@ -1,0 +1,150 @@
+/**
+ * The planner: requested stacks -> DAG -> fingerprints -> fresh/stale with plain-words reasons.
+ * Reads the project and the store; writes nothing but the stat cache.
+ */
+import { existsSync } from "node:fs";
+import * as path from "node:path";
+import { parseStack, prefixes } from "../project/stack.js";
+import type { Layer, Project, Target } from "../project/types.js";
+import type { StoreView } from "../store/types.js";
+import { DbuildError } from "../util/errors.js";
+import type { Problem } from "../util/errors.js";
+import { layerManifests, nodeInputs, nodeKey } from "./fingerprint.js";
+import { buildGraph, topoOrder } from "./graph.js";
+import { StatCache } from "./statcache.js";
+import type { Plan, PlanNode } from "./types.js";
+import { describeChanges, diffInputs } from "./why.js";
+
+export interface PlanOptions {
+  signal?: AbortSignal;
+  /** Use this cache instead of loading `<buildDir>/.dbuild/statcache.json` (tests, watch mode). */
+  statCache?: StatCache;
+}
+
+/** Resolve "all" and validate every requested stack; throws one DbuildError listing every bad one. */
+export function resolveStacks(project: Project, requested: "all" | readonly string[]): string[] {
+  const all = project.targets.map((t) => t.stack);
+  const list = requested === "all" ? all : requested.flatMap((s) => (s === "all" ? all : [s]));
+  const problems: Problem[] = [];
+  const out: string[] = [];
+  for (const s of list) {
+    if (out.includes(s)) continue;
+    const isTarget = project.targets.some((t) => t.stack === s);
+    const r = parseStack(s, project.layers, isTarget ? `targets/${s}` : "command line");
+    if (Array.isArray(r)) problems.push(...r);
+    else out.push(s);
+  }
+  if (problems.length) throw new DbuildError(problems);
+  return out;
+}
+
+/** Settings that key a node: finalizing nodes get the targets/ values over MEM/CPUS/NAME defaults. */
+export function nodeSettings(project: Project, stack: string, layer: Layer): Record<string, string> {
+  if (layer.kind !== "finalizing") return {};
+  const t = project.targets.find((x) => x.stack === stack);
+  return {
+    MEM: String(project.settings.defaults.mem),
+    CPUS: String(project.settings.defaults.cpus),
+    NAME: stack,
+    ...t?.settings,
+  };
+}
+
+export function buildSteps(layer: Layer, parent: string | null): string[] {
+  switch (layer.kind) {
+    case "base":
+      return layer.config.import
+        ? [`import ${layer.config.import.from} (sha256 ${layer.config.import.sha256.slice(0, 12)})`, "publish"]
+        : ["run install on host", "publish"];
+    case "intermediate":
+    case "finalizing": {
+      const steps = [`COW child of ${parent ?? "?"}`, "boot VM", "rsync target/", "run target/install", "cleanup", "poweroff", "publish"];
+      if (layer.kind === "finalizing") steps.push(`convert to ${layer.config.format ?? layer.name}`);
+      return steps;
+    }
+  }
+}
+
+function userPath(root: string, p: string): string {
+  const rel = path.relative(root, p);
+  return rel && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : p;
+}
+
+export async function makePlan(
+  project: Project,
+  requested: "all" | string[],
+  store: StoreView,
+  opts: PlanOptions = {},
+): Promise<Plan> {
+  const stacks = resolveStacks(project, requested);
+  const g = buildGraph(stacks);
+  const order = topoOrder(g);
+  const layerOf = (stack: string): Layer => project.layers.get(stack.slice(stack.lastIndexOf(":") + 1))!;
+
+  const cache = opts.statCache ?? (await StatCache.load(project.settings.buildDir, project.root));
+  const needed = new Map<string, Layer>();
+  for (const s of order) needed.set(layerOf(s).name, layerOf(s));
+  const manifests = await layerManifests(needed.values(), cache, opts.signal);
+  opts.signal?.throwIfAborted();
+
+  const targetsOf = new Map<string, string[]>();
+  for (const t of stacks) for (const p of prefixes(t)) targetsOf.set(p, [...(targetsOf.get(p) ?? []), t]);
+  const targetByStack = new Map<string, Target>(project.targets.map((t) => [t.stack, t]));
+
+  const nodes = new Map<string, PlanNode>();
+  for (const stack of order) {
+    const layer = layerOf(stack);
+    const parent = (g.predecessors(stack) ?? [])[0] ?? null;
+    const parentNode = parent === null ? undefined : nodes.get(parent);
+    const settings = nodeSettings(project, stack, layer);
+    const inputs = nodeInputs({
+      kind: layer.kind,
+      layer: layer.name,
+      parentKey: parentNode?.key ?? null,
+      files: manifests.get(layer.name)!,
+      settings,
+    });
+    const key = nodeKey(inputs);
+    const image = userPath(project.root, store.viewPath(stack));
+    const fresh = await store.viewShows(stack, key);
+    const reasons: string[] = [];
+    if (!fresh) {
+      const current = await store.currentRecord(stack);
+      if (await store.record(key)) {
+        reasons.push(existsSync(store.viewPath(stack)) ? `${image} shows another build (the image for these inputs is in the store)` : `${image} was deleted`);
+      } else if (!current) {
+        reasons.push("no image yet");
+      } else {
+        const t = targetByStack.get(stack);
+        const ctx = {
+          parentStack: parent,
+          parentStale: parentNode?.status === "stale",
+          ...(t ? { targetFile: t.stack, targetKeys: new Set(Object.keys(t.settings)) } : {}),
+        };
+        const changes = diffInputs(current.inputs, inputs);
+        reasons.push(...(changes.length ? describeChanges(changes, ctx) : ["inputs changed"]));
+      }
+    }
+    const node: PlanNode = {
+      stack,
+      layer: layer.name,
+      kind: layer.kind,
+      parent,
+      key,
+      inputs,
+      status: fresh ? "fresh" : "stale",
+      reasons,
+      image,
+      settings,
+      targets: targetsOf.get(stack) ?? [],
+      steps: buildSteps(layer, parent),
+    };
+    if (!fresh) {
+      const d = await store.lastDuration(stack);
+      if (d !== undefined) node.lastDuration = d;
+    }
+    nodes.set(stack, node);
+  }
+  await cache.save();
+  return { nodes: [...nodes.values()], targets: stacks, hashStats: { ...cache.stats } };
+}

@@ -1,0 +1,325 @@
+/**
+ * Load a project: demobuild.yaml (optional), layers/NAME/ in the Demobuilder layout, targets/ files.
+ * Every problem found is collected and thrown at once as one DbuildError, so a user fixes a broken
+ * project in one pass instead of one error per run.
+ */
+import { constants as fsc } from "node:fs";
+import * as fs from "node:fs/promises";
+import type { Stats } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { DbuildError } from "../util/errors.js";
+import type { Problem } from "../util/errors.js";
+import { layerYaml, projectYaml } from "./schema.js";
+import { LAYER_NAME, parseStack } from "./stack.js";
+import type { Layer, LayerConfig, LayerKind, Project, ProjectSettings, Target } from "./types.js";
+import { parseYamlFile } from "./yaml.js";
+
+export const PROJECT_FILE = "demobuild.yaml";
+export const LAYER_FILE = "layer.yaml";
+const TARGET_KEY = /^[A-Z_][A-Z0-9_]*$/;
+
+/** Settings a tree without demobuild.yaml gets. */
+export function defaultSettings(root: string): ProjectSettings {
+  return {
+    buildDir: path.join(root, "build"),
+    defaults: { mem: 1024, cpus: 1 },
+    // The micro guest and Debian minbase both install comfortably in 512 MiB; layers needing more say so
+    // in layer.yaml (mem:).
+    buildVm: { mem: 512, cpus: 1 },
+    jobs: Math.max(1, os.availableParallelism()),
+    memoryBudget: Math.max(256, Math.floor((os.totalmem() / 1024 / 1024) * 0.75)),
+    timeouts: { boot: 120, install: 1800, shutdown: 60 },
+    network: { mode: "user", bridge: "virbr0" },
+    accelerator: "auto",
+    cache: {},
+  };
+}
+
+async function lstatOrUndefined(p: string): Promise<Stats | undefined> {
+  try {
+    return await fs.lstat(p);
+  } catch {
+    return undefined;
+  }
+}
+
+async function statOrUndefined(p: string): Promise<Stats | undefined> {
+  try {
+    return await fs.stat(p);
+  } catch {
+    return undefined;
+  }
+}
+
+const isExecutableFile = (st: Stats | undefined): boolean =>
+  st !== undefined && st.isFile() && (st.mode & (fsc.S_IXUSR | fsc.S_IXGRP | fsc.S_IXOTH)) !== 0;
+
+async function loadSettings(root: string, problems: Problem[]): Promise<{ settings: ProjectSettings; file?: string }> {
+  const settings = defaultSettings(root);
+  const file = path.join(root, PROJECT_FILE);
+  let text: string;
+  try {
+    text = await fs.readFile(file, "utf8");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return { settings };
+    problems.push({ reason: "unreadable", where: PROJECT_FILE, message: `cannot read: ${(e as Error).message}` });
+    return { settings, file };
+  }
+  const r = parseYamlFile(text, PROJECT_FILE, projectYaml);
+  problems.push(...r.problems);
+  const y = r.value;
+  if (!y) return { settings, file };
+  if (y.buildDir !== undefined) settings.buildDir = path.resolve(root, y.buildDir);
+  Object.assign(settings.defaults, y.defaults);
+  Object.assign(settings.buildVm, y.buildVm);
+  if (y.jobs !== undefined) settings.jobs = y.jobs;
+  if (y.memoryBudget !== undefined) settings.memoryBudget = y.memoryBudget;
+  Object.assign(settings.timeouts, y.timeouts);
+  Object.assign(settings.network, y.network);
+  if (y.accelerator !== undefined) settings.accelerator = y.accelerator;
+  if (y.cache?.from !== undefined) settings.cache.from = y.cache.from;
+  if (y.cache?.to !== undefined) settings.cache.to = y.cache.to;
+  if (settings.buildVm.mem > settings.memoryBudget) {
+    problems.push({
+      reason: "memory-budget",
+      where: y.memoryBudget !== undefined ? r.locate(["memoryBudget"]) : y.buildVm?.mem !== undefined ? r.locate(["buildVm", "mem"]) : PROJECT_FILE,
+      message: `buildVm.mem (${settings.buildVm.mem} MiB) exceeds memoryBudget (${settings.memoryBudget} MiB): no layer could ever run`,
+      hint: "raise memoryBudget or lower buildVm.mem",
+    });
+  }
+  return { settings, file };
+}
+
+async function loadLayer(root: string, name: string, problems: Problem[]): Promise<Layer | undefined> {
+  const dir = path.join(root, "layers", name);
+  const rel = `layers/${name}`;
+  const configFile = path.join(dir, LAYER_FILE);
+  let config: LayerConfig = {};
+  let hasConfig = false;
+  let ok = true;
+  let locate: ((p: readonly (string | number)[]) => string) | undefined;
+  try {
+    const text = await fs.readFile(configFile, "utf8");
+    hasConfig = true;
+    const r = parseYamlFile(text, `${rel}/${LAYER_FILE}`, layerYaml);
+    problems.push(...r.problems);
+    locate = r.locate;
+    if (r.value) config = r.value;
+    else ok = false;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== "ENOENT") {
+      problems.push({ reason: "unreadable", where: `${rel}/${LAYER_FILE}`, message: `cannot read: ${(e as Error).message}` });
+      ok = false;
+    }
+  }
+
+  const [installL, installS, convertS, targetS] = await Promise.all([
+    lstatOrUndefined(path.join(dir, "install")),
+    statOrUndefined(path.join(dir, "install")),
+    statOrUndefined(path.join(dir, "convert")),
+    statOrUndefined(path.join(dir, "target")),
+  ]);
+  let installIsAddlayer = false;
+  if (installL?.isSymbolicLink()) {
+    const link = await fs.readlink(path.join(dir, "install"));
+    installIsAddlayer = path.basename(link) === "addlayer.sh";
+  }
+  const hasConvert = isExecutableFile(convertS);
+  const installExec = isExecutableFile(installS);
+
+  let kind: LayerKind | undefined;
+  let kindFrom: string | undefined;
+  if (config.kind) [kind, kindFrom] = [config.kind, "layer.yaml"];
+  // A convert script only makes sense on a finalizing layer, and Demobuilder's finalizing layers also
+  // carry the addlayer symlink, so convert is checked before it.
+  else if (hasConvert) [kind, kindFrom] = ["finalizing", "convert"];
+  else if (installIsAddlayer) [kind, kindFrom] = ["intermediate", "addlayer"];
+  else if (config.import) [kind, kindFrom] = ["base", "import"];
+  else if (installExec) [kind, kindFrom] = ["base", "install"];
+
+  if (!kind) {
+    if (ok) {
+      problems.push({
+        reason: "unknown-layer-kind",
+        where: rel,
+        message: "cannot tell what kind of layer this is",
+        hint:
+          installL && !installExec && !installIsAddlayer
+            ? `install is not executable: chmod +x ${rel}/install, or add ${rel}/layer.yaml with kind: base|intermediate|finalizing`
+            : `add ${rel}/layer.yaml with kind: base|intermediate|finalizing (or make install a symlink to ../../utils/addlayer.sh for an intermediate layer)`,
+      });
+    }
+    return undefined;
+  }
+
+  const where = (key: string): string => locate?.([key]) ?? `${rel}/${LAYER_FILE}`;
+  if (config.import && kind !== "base") {
+    problems.push({ reason: "layer-import-not-base", where: where("import"), message: `import: only base layers can import an image, but this layer is ${kind}`, hint: "remove import: or set kind: base" });
+  }
+  if (config.format && kind !== "finalizing") {
+    problems.push({ reason: "layer-format-not-final", where: where("format"), message: `format: only finalizing layers produce a deliverable format, but this layer is ${kind}`, hint: "remove format: or set kind: finalizing" });
+  }
+  if (kind === "base" && !config.import && !installExec) {
+    problems.push({
+      reason: "base-without-install",
+      where: rel,
+      message: "a base layer needs an executable install script or an import: in layer.yaml",
+      hint: installL ? `chmod +x ${rel}/install` : `add ${rel}/install (run on the host to create the image) or import: { from, sha256 } in layer.yaml`,
+    });
+  }
+  if (kind === "finalizing" && convertS && !hasConvert) {
+    problems.push({ reason: "convert-not-executable", where: `${rel}/convert`, message: "convert exists but is not an executable file", hint: `chmod +x ${rel}/convert` });
+  }
+
+  const layer: Layer = {
+    name,
+    dir,
+    kind,
+    config,
+    hasInstall: installL !== undefined,
+    installIsAddlayer,
+    hasConvert,
+    hasTarget: targetS?.isDirectory() ?? false,
+    kindFrom: kindFrom ?? "layer.yaml",
+  };
+  if (hasConfig) layer.configFile = configFile;
+  return layer;
+}
+
+async function loadLayers(root: string, problems: Problem[]): Promise<Map<string, Layer>> {
+  const layers = new Map<string, Layer>();
+  const dir = path.join(root, "layers");
+  let names: string[];
+  try {
+    names = (await fs.readdir(dir)).filter((n) => !n.startsWith(".")).sort();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") {
+      problems.push({ reason: "unreadable", where: "layers", message: `cannot read: ${(e as Error).message}` });
+    }
+    return layers;
+  }
+  const loaded = await Promise.all(
+    names.map(async (name) => {
+      const st = await statOrUndefined(path.join(dir, name));
+      if (!st?.isDirectory()) return undefined;
+      if (!LAYER_NAME.test(name)) {
+        problems.push({
+          reason: "bad-layer-name",
+          where: `layers/${name}`,
+          message: `${JSON.stringify(name)} is not a valid layer name`,
+          hint: "rename the directory: letters, digits, '.', '_', '+', '-', starting with a letter or digit",
+        });
+        return undefined;
+      }
+      return loadLayer(root, name, problems);
+    }),
+  );
+  for (const l of loaded) if (l) layers.set(l.name, l);
+  return layers;
+}
+
+function unquote(v: string): string | undefined {
+  const q = v[0];
+  if (q !== '"' && q !== "'") return v;
+  if (v.length >= 2 && v.endsWith(q)) return v.slice(1, -1);
+  return undefined;
+}
+
+/** Parse a targets/ file: KEY=VALUE lines, `#` comments, blank lines. */
+export function parseTargetFile(text: string, relFile: string, problems: Problem[]): Pick<Target, "settings" | "settingLines"> {
+  const settings: Record<string, string> = {};
+  const settingLines: Record<string, number> = {};
+  text.split("\n").forEach((raw, i) => {
+    const lineNo = i + 1;
+    const line = raw.replace(/\r$/, "").trim();
+    if (line === "" || line.startsWith("#")) return;
+    const eq = line.indexOf("=");
+    const where = `${relFile}:${lineNo}`;
+    if (eq <= 0) {
+      problems.push({ reason: "target-bad-line", where, message: `expected KEY=VALUE, found ${JSON.stringify(line)}`, hint: "write one KEY=VALUE per line (e.g. MEM=2048); comment lines start with #" });
+      return;
+    }
+    const key = line.slice(0, eq).trim();
+    if (!TARGET_KEY.test(key)) {
+      problems.push({
+        reason: "target-bad-key",
+        where,
+        message: `${JSON.stringify(key)} is not a valid setting name`,
+        hint: /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `setting names are upper case: ${key.toUpperCase()}` : "setting names are upper-case letters, digits and '_' (e.g. MEM, CPUS)",
+      });
+      return;
+    }
+    const value = unquote(line.slice(eq + 1).trim());
+    if (value === undefined) {
+      problems.push({ reason: "target-bad-quote", where, message: `unterminated quote in the value of ${key}`, hint: "close the quote or drop it" });
+      return;
+    }
+    if ((key === "MEM" || key === "CPUS") && !/^[1-9][0-9]*$/.test(value)) {
+      problems.push({ reason: "target-bad-number", where, message: `${key} must be a positive whole number${key === "MEM" ? " of MiB" : ""}, found ${JSON.stringify(value)}`, hint: key === "MEM" ? "e.g. MEM=2048" : "e.g. CPUS=2" });
+      return;
+    }
+    settings[key] = value;
+    settingLines[key] = lineNo;
+  });
+  return { settings, settingLines };
+}
+
+const isIgnoredTargetName = (n: string): boolean => n.startsWith(".") || /^README/i.test(n) || n.toLowerCase().endsWith(".md");
+
+async function loadTargets(root: string, layers: Map<string, Layer>, problems: Problem[]): Promise<Target[]> {
+  const dir = path.join(root, "targets");
+  let names: string[];
+  try {
+    names = (await fs.readdir(dir)).filter((n) => !isIgnoredTargetName(n)).sort();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") {
+      problems.push({ reason: "unreadable", where: "targets", message: `cannot read: ${(e as Error).message}` });
+    }
+    return [];
+  }
+  const targets: Target[] = [];
+  for (const name of names) {
+    const file = path.join(dir, name);
+    const st = await statOrUndefined(file);
+    if (!st?.isFile()) continue;
+    const rel = `targets/${name}`;
+    const parsed = parseTargetFile(await fs.readFile(file, "utf8"), rel, problems);
+    const stack = parseStack(name, layers, rel);
+    if (Array.isArray(stack)) problems.push(...stack);
+    targets.push({ stack: name, file, ...parsed });
+  }
+  return targets;
+}
+
+/**
+ * Load and validate the project at `root`. Throws one DbuildError listing every problem found.
+ */
+export async function loadProject(root: string): Promise<Project> {
+  const abs = path.resolve(root);
+  const problems: Problem[] = [];
+  const st = await statOrUndefined(abs);
+  if (!st?.isDirectory()) {
+    throw new DbuildError({ reason: "no-project", where: abs, message: "not a directory", hint: "run dbuild in a project directory or pass --dir" });
+  }
+  const [{ settings, file }, layers] = await Promise.all([loadSettings(abs, problems), loadLayers(abs, problems)]);
+  const targets = await loadTargets(abs, layers, problems);
+  if (problems.length) throw new DbuildError(sortProblems(problems));
+  const project: Project = { root: abs, settings, layers, targets };
+  if (file) project.configFile = file;
+  return project;
+}
+
+/** Stable order (by where, numerically by line) so output does not depend on I/O timing. */
+function sortProblems(ps: Problem[]): Problem[] {
+  const key = (w: string): [string, number, number] => {
+    const m = /^(.*?):(\d+)(?::(\d+))?$/.exec(w);
+    return m ? [m[1]!, Number(m[2]), Number(m[3] ?? 0)] : [w, 0, 0];
+  };
+  return [...ps].sort((a, b) => {
+    const [fa, la, ca] = key(a.where);
+    const [fb, lb, cb] = key(b.where);
+    return fa < fb ? -1 : fa > fb ? 1 : la - lb || ca - cb;
+  });
+}

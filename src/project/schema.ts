@@ -1,0 +1,54 @@
+/**
+ * zod schemas for demobuild.yaml and layers/NAME/layer.yaml. schema/*.json mirror these for editors;
+ * test/unit/project-schema.test.ts keeps the two in step.
+ */
+import { z } from "zod";
+
+const count = z.number().int().positive();
+const seconds = z.number().positive();
+
+const vmSize = z.strictObject({ mem: count.optional(), cpus: count.optional() });
+
+export const projectYaml = z.strictObject({
+  buildDir: z.string().min(1).optional(),
+  defaults: vmSize.optional(),
+  buildVm: vmSize.optional(),
+  jobs: count.optional(),
+  memoryBudget: count.optional(),
+  timeouts: z
+    .strictObject({ boot: seconds.optional(), install: seconds.optional(), shutdown: seconds.optional() })
+    .optional(),
+  network: z
+    .strictObject({ mode: z.enum(["user", "bridge"]).optional(), bridge: z.string().min(1).optional() })
+    .optional(),
+  accelerator: z.enum(["auto", "kvm", "tcg"]).optional(),
+  cache: z
+    .strictObject({
+      from: z.string().regex(/^oci:\/\/[^/\s]+\/\S+$/, "expected oci://HOST[:PORT]/REPO").optional(),
+      to: z.string().regex(/^oci:\/\/[^/\s]+\/\S+$/, "expected oci://HOST[:PORT]/REPO").optional(),
+    })
+    .optional(),
+});
+export type ProjectYaml = z.infer<typeof projectYaml>;
+
+const envValue = z.union([z.string(), z.number(), z.boolean()]).transform((v) => String(v));
+
+export const layerYaml = z.strictObject({
+  kind: z.enum(["base", "intermediate", "finalizing"]).optional(),
+  description: z.string().optional(),
+  mem: count.optional(),
+  cpus: count.optional(),
+  timeout: seconds.optional(),
+  import: z
+    .strictObject({
+      from: z.string().min(1),
+      sha256: z.string().regex(/^[0-9a-f]{64}$/, "expected 64 lowercase hex digits"),
+    })
+    .optional(),
+  format: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._+-]*$/, "expected a format name such as qcow2, openstack, vagrant")
+    .optional(),
+  env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "expected an environment variable name"), envValue).optional(),
+});
+export type LayerYaml = z.infer<typeof layerYaml>;
