@@ -25,6 +25,8 @@ export interface VmOptions {
   /** Keep QEMU running after this process exits (throwaway `dbuild run`). Default false. */
   detached?: boolean;
   signal?: AbortSignal;
+  /** Where the KVM probe result is cached (e.g. `<buildDir>/.dbuild/accel.json`); probed once per host boot. */
+  accelCacheFile?: string;
 }
 
 export interface ExecOptions {

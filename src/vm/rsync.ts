@@ -1,0 +1,53 @@
+/** Copy a local tree into the guest with rsync over OpenSSH (rsync is in every guest we build). */
+import { execa } from "execa";
+import { DbuildError } from "../util/errors.js";
+import { shellQuote } from "./ssh.js";
+
+export interface RsyncTarget {
+  host: string;
+  port: number;
+  keyPath: string;
+  username?: string;
+}
+
+/** The OpenSSH command line used by rsync and `dbuild ssh`: no host key checks, never prompts. */
+export function sshArgs(t: { port: number; keyPath: string }): string[] {
+  return [
+    "-i", t.keyPath,
+    "-p", String(t.port),
+    "-o", "StrictHostKeyChecking=no",
+    "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "LogLevel=ERROR",
+    "-o", "BatchMode=yes",
+    "-o", "IdentitiesOnly=yes",
+    "-o", "ConnectTimeout=10",
+  ];
+}
+
+/**
+ * `rsync -rL --delete LOCAL/ root@HOST:REMOTE/`: the contents of localDir become the contents of
+ * remoteDir (created with its parents); symlinks are copied as the files they point to.
+ */
+export async function rsyncTo(localDir: string, remoteDir: string, target: RsyncTarget, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<void> {
+  const src = localDir.endsWith("/") ? localDir : `${localDir}/`;
+  const dst = remoteDir.endsWith("/") ? remoteDir : `${remoteDir}/`;
+  const host = target.host.includes(":") ? `[${target.host}]` : target.host;
+  const e = ["ssh", ...sshArgs(target)].map(shellQuote).join(" ");
+  const r = await execa(
+    "rsync",
+    ["-rL", "--delete", "-e", e, `--rsync-path=mkdir -p ${shellQuote(dst)} && rsync`, src, `${target.username ?? "root"}@${host}:${dst}`],
+    { cancelSignal: opts.signal, timeout: opts.timeoutMs, reject: false, all: true, forceKillAfterDelay: 1000 },
+  );
+  if (r.isCanceled) throw opts.signal?.reason instanceof Error ? opts.signal.reason : new Error("rsync aborted");
+  if (r.failed) {
+    throw new DbuildError(
+      {
+        reason: "rsync-failed",
+        where: localDir,
+        message: `copying into the guest (${remoteDir}) failed${r.timedOut ? " (timed out)" : ` with exit code ${r.exitCode ?? r.signal ?? "?"}`}: ${String(r.all ?? "").trim().split("\n").slice(-5).join("\n")}`,
+        hint: "check that the guest has rsync and enough disk space",
+      },
+      1,
+    );
+  }
+}

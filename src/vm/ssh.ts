@@ -1,0 +1,215 @@
+/**
+ * Commands in the guest over SSH with the `ssh2` library: one connection per VM, streamed output,
+ * exit status. Host keys are neither verified nor stored: we only ever talk to a throwaway guest over
+ * loopback (or the build bridge), and every guest has fresh host keys.
+ */
+import { Client, type ConnectConfig } from "ssh2";
+import { DbuildError } from "../util/errors.js";
+import type { ExecOptions, ExecResult } from "./types.js";
+import { abortError, delay } from "./wait.js";
+
+export interface SshTarget {
+  host: string;
+  port: number;
+  /** Default root. */
+  username?: string;
+  privateKey: string | Buffer;
+}
+
+/**
+ * dropbear 2022.83 offers ssh-rsa even with only an ed25519 host key and then asserts if a client picks
+ * it; ed25519 first avoids that whatever keys the guest holds.
+ */
+const HOST_KEY_ALGORITHMS = ["ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512", "rsa-sha2-256"] as const;
+
+/** POSIX single-quote a word so any byte string survives `sh -c`. */
+export function shellQuote(s: string): string {
+  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(s)) return s;
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * Environment and working directory travel inside the command line, because dropbear (and OpenSSH
+ * without AcceptEnv) ignores SSH `env` requests.
+ */
+export function buildRemoteCommand(command: string, opts: { env?: Record<string, string>; cwd?: string } = {}): string {
+  const parts: string[] = [];
+  for (const [k, v] of Object.entries(opts.env ?? {})) {
+    if (!ENV_NAME.test(k)) throw new Error(`invalid environment variable name: ${JSON.stringify(k)}`);
+    parts.push(`export ${k}=${shellQuote(v)}`);
+  }
+  if (opts.cwd !== undefined) parts.push(`cd ${shellQuote(opts.cwd)} || exit 1`);
+  if (parts.length === 0) return command;
+  // A newline, not `;`, before the command: it may itself start with a comment or a here-document.
+  return `${parts.join("; ")}\n${command}`;
+}
+
+export class SshSession {
+  private closed = false;
+
+  private constructor(
+    private readonly client: Client,
+    readonly target: SshTarget,
+  ) {
+    client.on("close", () => (this.closed = true));
+    client.on("end", () => (this.closed = true));
+    client.on("error", () => (this.closed = true));
+  }
+
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  /** One connection attempt; rejects if the handshake does not complete within `timeoutMs`. */
+  static connect(target: SshTarget, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SshSession> {
+    if (opts.signal?.aborted) return Promise.reject(abortError(opts.signal));
+    const client = new Client();
+    const cfg: ConnectConfig = {
+      host: target.host,
+      port: target.port,
+      username: target.username ?? "root",
+      privateKey: target.privateKey,
+      readyTimeout: opts.timeoutMs ?? 10_000,
+      hostVerifier: () => true,
+      algorithms: { serverHostKey: [...HOST_KEY_ALGORITHMS] },
+      keepaliveInterval: 15_000,
+      keepaliveCountMax: 4,
+    };
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        client.destroy();
+        reject(abortError(opts.signal));
+      };
+      opts.signal?.addEventListener("abort", onAbort, { once: true });
+      client.once("ready", () => {
+        opts.signal?.removeEventListener("abort", onAbort);
+        client.removeAllListeners("error");
+        resolve(new SshSession(client, target));
+      });
+      client.once("error", (e) => {
+        opts.signal?.removeEventListener("abort", onAbort);
+        client.destroy();
+        reject(e);
+      });
+      client.connect(cfg);
+    });
+  }
+
+  exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+    if (this.closed) return Promise.reject(new Error("ssh connection is closed"));
+    if (opts.signal?.aborted) return Promise.reject(abortError(opts.signal));
+    const full = buildRemoteCommand(command, opts);
+    const where = `${this.target.host}:${this.target.port}`;
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      let timer: NodeJS.Timeout | undefined;
+      const settle = (f: () => void): void => {
+        if (settled) return;
+        settled = true;
+        if (timer) clearTimeout(timer);
+        opts.signal?.removeEventListener("abort", onAbort);
+        this.client.off("close", onConnClose);
+        f();
+      };
+      const onConnClose = (): void => settle(() => reject(new Error(`ssh connection to ${where} lost while running: ${command}`)));
+      let stopStream: (() => void) | undefined;
+      const onAbort = (): void => {
+        stopStream?.();
+        settle(() => reject(abortError(opts.signal)));
+      };
+      opts.signal?.addEventListener("abort", onAbort, { once: true });
+      this.client.on("close", onConnClose);
+      if (opts.timeoutMs !== undefined) {
+        const ms = opts.timeoutMs;
+        timer = setTimeout(() => {
+          stopStream?.();
+          settle(() =>
+            reject(
+              new DbuildError(
+                {
+                  reason: "exec-timeout",
+                  where,
+                  message: `command did not finish within ${Math.round(ms / 1000)} s: ${command}`,
+                  hint: "raise the timeout, or check the command for a prompt waiting for input",
+                },
+                1,
+              ),
+            ),
+          );
+        }, ms);
+      }
+      this.client.exec(full, (err, stream) => {
+        if (err) {
+          settle(() => reject(err));
+          return;
+        }
+        stopStream = () => {
+          // Ask the guest to kill the process tree, then drop the channel whatever it does.
+          try {
+            stream.signal("KILL");
+          } catch {
+            // channel already closed
+          }
+          stream.close();
+        };
+        if (settled) {
+          stopStream();
+          return;
+        }
+        let code: number | null = null;
+        let sig: string | null = null;
+        stream.on("exit", (c: number | null, s?: string) => {
+          code = typeof c === "number" ? c : null;
+          sig = s ?? null;
+        });
+        stream.on("data", (d: Buffer) => opts.onStdout?.(d));
+        stream.stderr.on("data", (d: Buffer) => opts.onStderr?.(d));
+        stream.on("close", () => settle(() => resolve({ code, signal: sig })));
+      });
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    this.client.end();
+    this.client.destroy();
+  }
+}
+
+/**
+ * Connect, retrying until SSH answers and `true` runs. User-mode networking accepts TCP before the
+ * guest listens and then drops the connection, so attempts are capped, not just the time.
+ */
+export async function waitForSsh(
+  target: SshTarget,
+  opts: { deadline: number; maxAttempts?: number; signal?: AbortSignal; onAttempt?: (n: number, err?: Error) => void },
+): Promise<SshSession> {
+  const maxAttempts = opts.maxAttempts ?? 60;
+  let lastErr: Error | undefined;
+  for (let attempt = 1; attempt <= maxAttempts; attempt++) {
+    const left = opts.deadline - Date.now();
+    if (left <= 0) break;
+    const t0 = Date.now();
+    try {
+      const s = await SshSession.connect(target, { timeoutMs: Math.min(left, 5000), signal: opts.signal });
+      try {
+        const r = await s.exec("true", { timeoutMs: Math.max(1000, Math.min(opts.deadline - Date.now(), 5000)), signal: opts.signal });
+        if (r.code === 0) return s;
+        lastErr = new Error(`\`true\` exited with ${r.code ?? r.signal}`);
+      } catch (e) {
+        lastErr = e as Error;
+      }
+      s.close();
+    } catch (e) {
+      if (opts.signal?.aborted) throw abortError(opts.signal);
+      lastErr = e as Error;
+    }
+    opts.onAttempt?.(attempt, lastErr);
+    // Refused or dropped at once means nothing listens yet: pause a little rather than spin.
+    const spent = Date.now() - t0;
+    if (spent < 200) await delay(200 - spent, opts.signal);
+  }
+  throw lastErr ?? new Error("ssh: deadline passed before the first attempt");
+}
