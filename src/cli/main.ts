@@ -10,6 +10,7 @@ import { DbuildError, formatProblem } from "../util/errors.js";
 import { addBuildOptions, projectRoot, registerBuildCommands, runBuild, type BuildCliOptions } from "./commands/build.js";
 import { registerPlanCommands } from "./commands/plan.js";
 import { registerVmCommands } from "./commands/vm.js";
+import { registerGcCommand } from "./commands/gc.js";
 import { Store } from "../store/store.js";
 import type { Project } from "../project/types.js";
 
@@ -32,6 +33,7 @@ export async function main(argv: string[]): Promise<number> {
   registerBuildCommands(program);
   registerPlanCommands(program, (p: Project) => new Store(p.settings.buildDir));
   registerVmCommands(program);
+  registerGcCommand(program);
   try {
     await program.parseAsync(argv, { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;

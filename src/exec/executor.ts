@@ -135,6 +135,16 @@ async function buildNode(
         return;
       }
     }
+    // Edit, build, revert: the image for these inputs is still in the store and the view merely shows
+    // another build. Point the view back instead of rebuilding. (A deleted view means "rebuild it".)
+    const stored = await store.record(node.key);
+    if (stored && (await store.viewExists(node.stack))) {
+      setStep("publish", "restored from the store");
+      await store.commit(stored);
+      await log.close();
+      opts.emit({ type: "node-done", time: Date.now(), stack: node.stack, duration: (Date.now() - t0) / 1000, image: store.viewPath(node.stack), restored: true, ...(stored.deliverable ? { deliverable: path.join(store.buildDir, stored.deliverable.path) } : {}) });
+      return;
+    }
     const parentRec = node.parent ? await store.record(byStack.get(node.parent)!.key) : undefined;
     if (node.parent && !parentRec) throw new StepError("cow", `parent ${node.parent} has no image (was it deleted during the build?)`);
     const tmpImage = store.tmpPath(node.stack) + ".qcow2";

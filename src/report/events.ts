@@ -33,6 +33,8 @@ export type BuildEvent =
       deliverable?: string;
       next?: string;
       pulled?: boolean;
+      /** The image for these inputs was still in the store: the view was pointed back at it. */
+      restored?: boolean;
     }
   | {
       type: "node-failed";

@@ -58,7 +58,7 @@ export class PlainReporter implements Reporter {
         if (this.showOutput) line(e.stack, `${e.stream === "stderr" ? "! " : "| "}${e.line}`);
         break;
       case "node-done":
-        line(e.stack, `${e.pulled ? "pulled from cache" : "done"} in ${secs(e.duration)} -> ${e.deliverable ?? e.image}`);
+        line(e.stack, `${e.pulled ? "pulled from cache" : e.restored ? "restored from the store" : "done"} in ${secs(e.duration)} -> ${e.deliverable ?? e.image}`);
         if (e.next) line(e.stack, `next: ${e.next}`);
         break;
       case "node-failed":
@@ -142,7 +142,7 @@ export class TtyReporter implements Reporter {
         break;
       case "node-done":
         this.running.delete(e.stack);
-        this.above(`${pc.green("✓")} ${pc.bold(e.stack)} ${pc.dim(e.pulled ? "pulled" : secs(e.duration))}  ${e.deliverable ?? e.image}${e.next ? `\n  next: ${e.next}` : ""}`);
+        this.above(`${pc.green("✓")} ${pc.bold(e.stack)} ${pc.dim(e.pulled ? "pulled" : e.restored ? "restored" : secs(e.duration))}  ${e.deliverable ?? e.image}${e.next ? `\n  next: ${e.next}` : ""}`);
         break;
       case "node-failed":
         this.running.delete(e.stack);

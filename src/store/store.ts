@@ -132,6 +132,16 @@ export class Store implements StoreView {
     return this.stackIndex.get(stack);
   }
 
+  /** True if build/STACK.qcow2 exists at all (a link, even to another object). */
+  async viewExists(stack: string): Promise<boolean> {
+    try {
+      await fs.lstat(this.viewPath(stack));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   async viewShows(stack: string, key: NodeKey): Promise<boolean> {
     const rec = await this.record(key);
     if (!rec) return false;

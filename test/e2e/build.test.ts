@@ -1,0 +1,144 @@
+/**
+ * The build executor against the real micro guest: a three-level tree, incremental rebuilds,
+ * failures, --keep-going and interruption.
+ */
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { dbuild, stacksOf, startDbuild } from "../helpers/cli.js";
+import { makeVmProject, type VmProject } from "../helpers/vmproject.js";
+
+let p: VmProject;
+const run = (...args: string[]) => dbuild(["--progress", "json", ...args], { cwd: p.root });
+const built = async (...args: string[]) => {
+  const r = await run(...args);
+  return { r, done: stacksOf(r, "node-done").sort() };
+};
+function qemuOf(root: string): string[] {
+  try {
+    return execFileSync("pgrep", ["-af", `qemu-system.*${root}`], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+beforeAll(async () => {
+  p = await makeVmProject();
+  await p.layer("a", 'echo "layer a on $STACK" > /etc/dbuild-a');
+  await p.layer("b", "cat /etc/dbuild-a > /etc/dbuild-b-saw-a\necho b > /etc/dbuild-b");
+  await p.layer("c", "echo c > /etc/dbuild-c");
+  await p.target("micro:a:b", "NAME=b\n");
+  await p.target("micro:a:c");
+});
+
+afterAll(async () => {
+  for (const line of qemuOf(p.root)) process.kill(Number(line.split(" ")[0]), "SIGKILL");
+  await p.cleanup();
+});
+
+describe("dbuild all on a three-level tree", () => {
+  it("builds every node once, parents first, and the files of every layer are in the leaf image", async () => {
+    const { r, done } = await built("all", "-j", "2");
+    expect(r.code, r.stderr + r.stdout.slice(-3000)).toBe(0);
+    expect(done).toEqual(["micro", "micro:a", "micro:a:b", "micro:a:c"]);
+    const order = stacksOf(r, "node-start");
+    expect(order.indexOf("micro:a")).toBeLessThan(order.indexOf("micro:a:b"));
+    // Published views are links to read-only objects with relative backing files.
+    const view = path.join(p.root, "build", "micro:a:b.qcow2");
+    const info = JSON.parse(execFileSync("qemu-img", ["info", "--output=json", "-U", view], { encoding: "utf8" })) as Record<string, string>;
+    expect(info["backing-filename"]).toMatch(/^[0-9a-f]{64}(\.\d+)?\.qcow2$/);
+    expect((await fs.stat(view)).mode & 0o222).toBe(0);
+    // Read back what each layer wrote, from the leaf image, in a throwaway VM.
+    const snap = path.join(p.root, "leaf.qcow2");
+    const s = await dbuild(["snap", "micro:a:b", snap], { cwd: p.root });
+    expect(s.code, s.stderr).toBe(0);
+    const vm = await dbuild(["run", snap], { cwd: p.root });
+    expect(vm.code, vm.stderr).toBe(0);
+    const pid = Number(/QEMUPID=(\d+)/.exec(vm.stdout)?.[1]);
+    try {
+      const out = await dbuild(["ssh", snap, "cat /etc/dbuild-a /etc/dbuild-b-saw-a /etc/dbuild-b; ls /tmp/dbuild-layer 2>&1 || true"], { cwd: p.root });
+      expect(out.code, out.stderr).toBe(0);
+      expect(out.stdout).toContain("layer a on micro:a\nlayer a on micro:a\nb\n");
+      expect(out.stdout).toMatch(/No such file/); // step 5 removed the layer directory
+    } finally {
+      process.kill(pid, "SIGTERM");
+    }
+  });
+
+  it("a second run builds nothing and starts no VM", async () => {
+    const { r, done } = await built("all");
+    expect(r.code).toBe(0);
+    expect(done).toEqual([]);
+    expect(r.events.find((e) => e.type === "build-start")?.stale).toEqual([]);
+  });
+
+  it("editing a leaf layer rebuilds exactly that node; editing a shared parent rebuilds it and its descendants", async () => {
+    await p.layer("b", "echo b2 > /etc/dbuild-b");
+    expect((await built("all")).done).toEqual(["micro:a:b"]);
+    await p.layer("a", 'echo "layer a v2" > /etc/dbuild-a');
+    expect((await built("all")).done).toEqual(["micro:a", "micro:a:b", "micro:a:c"]);
+  });
+
+  it("edit then revert rebuilds nothing", async () => {
+    const file = path.join(p.root, "layers/c/target/install");
+    const orig = await fs.readFile(file, "utf8");
+    await fs.writeFile(file, orig + "echo extra\n");
+    expect((await run("plan", "--json")).stdout).toContain('"stale"');
+    await fs.writeFile(file, orig);
+    const { r, done } = await built("all");
+    expect(r.code).toBe(0);
+    expect(done).toEqual([]);
+  });
+
+  it("deleting build/X.qcow2 rebuilds only X, leaving the images backed by the old one intact", async () => {
+    const childObj = await fs.realpath(path.join(p.root, "build", "micro:a:b.qcow2"));
+    await fs.rm(path.join(p.root, "build", "micro:a.qcow2"));
+    const plan = JSON.parse((await run("plan", "--json")).stdout) as { nodes: Array<{ stack: string; status: string; reasons: string[] }> };
+    const a = plan.nodes.find((n) => n.stack === "micro:a")!;
+    expect(a.status).toBe("stale");
+    expect(a.reasons.join(" ")).toMatch(/deleted/);
+    const { done } = await built("all");
+    expect(done).toEqual(["micro:a"]);
+    expect(await fs.realpath(path.join(p.root, "build", "micro:a:b.qcow2"))).toBe(childObj);
+    execFileSync("qemu-img", ["check", "-U", childObj]);
+  });
+
+  it("a failing install exits non-zero, publishes nothing, shows the log tail; --keep-going finishes the other branch", async () => {
+    await p.layer("bad", 'echo "about to fail: marker-42"\nexit 3');
+    await p.layer("d", "echo d > /etc/dbuild-d");
+    const r = await dbuild(["build", "micro:bad", "micro:a:d", "--keep-going", "--progress", "plain"], { cwd: p.root });
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/micro:bad: FAILED in step install \(exit code 3\)/);
+    expect(r.stdout).toContain("marker-42");
+    expect(r.stdout).toContain(path.join("build", "logs", "micro:bad.log"));
+    expect(r.stdout).toMatch(/micro:a:d: done/);
+    await expect(fs.lstat(path.join(p.root, "build", "micro:bad.qcow2"))).rejects.toThrow();
+    expect(await fs.readdir(path.join(p.root, "build", ".dbuild", "tmp"))).toEqual([]);
+  });
+
+  it("SIGINT during an install leaves no QEMU process and no partial image; the next run succeeds", async () => {
+    await p.layer("slow", 'echo "slow-started"\nsleep 120\necho done > /etc/slow');
+    const { child, done } = startDbuild(["build", "micro:slow", "--progress", "json"], { cwd: p.root });
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error("install never started")), 90_000);
+      child.stdout!.on("data", (d: Buffer) => {
+        if (d.toString().includes("slow-started")) {
+          clearTimeout(t);
+          resolve();
+        }
+      });
+    });
+    expect(qemuOf(p.root).length).toBe(1);
+    child.kill("SIGINT");
+    const r = await done;
+    expect(r.code).toBe(130);
+    expect(qemuOf(p.root)).toEqual([]);
+    await expect(fs.lstat(path.join(p.root, "build", "micro:slow.qcow2"))).rejects.toThrow();
+    expect(await fs.readdir(path.join(p.root, "build", ".dbuild", "tmp"))).toEqual([]);
+    await p.layer("slow", "echo done > /etc/slow");
+    const again = await built("build", "micro:slow");
+    expect(again.r.code).toBe(0);
+    expect(again.done).toEqual(["micro:slow"]);
+  });
+});
