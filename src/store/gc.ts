@@ -33,7 +33,9 @@ export async function qcow2Backing(file: string): Promise<string | undefined> {
     if (!off || !size || size > 4096) return undefined;
     const name = Buffer.alloc(size);
     await fh.read(name, 0, size, off);
-    return path.resolve(path.dirname(file), name.toString("utf8"));
+    const resolved = path.resolve(path.dirname(file), name.toString("utf8"));
+    // Through the objects/.dbuild self-link: compare real paths.
+    return await fs.realpath(resolved).catch(() => resolved);
   } catch {
     return undefined;
   } finally {
@@ -101,7 +103,7 @@ export async function collectGarbage(
     objects = [];
   }
   for (const name of objects) {
-    if (keep.has(name)) continue;
+    if (keep.has(name) || name === ".dbuild") continue;
     const file = store.objectPath(name);
     const st = await fs.stat(file);
     removed.push({ file, bytes: st.blocks * 512 });
@@ -110,7 +112,7 @@ export async function collectGarbage(
   if (!opts.dryRun) {
     // Records whose object is gone, and views/deliverable links left dangling.
     for (const rec of records) {
-      if (!keep.has(rec.object)) await fs.rm(path.join(store.recordsDir, `${rec.key}.json`), { force: true });
+      if (!keep.has(rec.object)) await store.removeRecord(rec.key);
     }
     await removeDanglingLinks(store.buildDir, store.internalDir);
   }

@@ -6,8 +6,9 @@
  *   STACK.qcow2                    -> .dbuild/objects/<key>.qcow2   (user's view, deleting it = stale)
  *   <layer>/<stack>.<ext>          -> ../.dbuild/objects/<key>.<ext> (deliverables of finalizing nodes)
  *   logs/<stack>.log               per-node log (install output, serial console)
- *   .dbuild/objects/<key>.qcow2    read-only; backing file recorded as a bare file name (same dir), so
- *                                  the whole build dir can be moved, copied or cached
+ *   .dbuild/objects/<key>.qcow2    read-only; backing file recorded as `.dbuild/objects/<parent>.qcow2`,
+ *                                  relative, so the whole build dir can be moved, copied or cached
+ *   .dbuild/objects/.dbuild -> ..  makes that relative path resolve from objects/ as well as from build/
  *   .dbuild/records/<key>.json     what the object was built from (inputs, parent key, duration)
  *   .dbuild/tmp/                   work in progress; never referenced by a published object
  *
@@ -48,6 +49,21 @@ export class Store implements StoreView {
     for (const d of [this.objectsDir, this.recordsDir, this.tmpDir, this.logsDir, this.cacheDir]) {
       await fs.mkdir(d, { recursive: true });
     }
+    // QEMU resolves a relative backing file against the directory of the name it opened, not of the
+    // symlink's target. Backing files are recorded as `.dbuild/objects/PARENT.qcow2`, which resolves
+    // from build/ (a user opening the view build/STACK.qcow2) and, through this self-link, from
+    // objects/ too. Both are relative, so the build dir can still be moved or copied whole.
+    const self = path.join(this.objectsDir, ".dbuild");
+    try {
+      await fs.symlink("..", self);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    }
+  }
+
+  /** Backing-file string recorded in a published child of `parentObject`. */
+  backingRef(parentObject: string): string {
+    return `.dbuild/objects/${parentObject}`;
   }
 
   viewPath(stack: string): string {
@@ -163,13 +179,13 @@ export class Store implements StoreView {
   }
 
   /**
-   * Publish a finished qcow2: re-point its backing file at the parent's object by bare name (both live
-   * in objects/), make it read-only and move it into place under a name no other image uses.
+   * Publish a finished qcow2: re-point its backing file at the parent's object (see init() for the
+   * relative form), make it read-only and move it into place under a name no other image uses.
    * Returns the object file name.
    */
   async publishImage(tmpFile: string, key: NodeKey, parentObject: string | null): Promise<string> {
     if (parentObject) {
-      await qemuImg(["rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", parentObject, tmpFile]);
+      await qemuImg(["rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", this.backingRef(parentObject), tmpFile]);
     }
     return this.publishFile(tmpFile, key, "qcow2");
   }
@@ -206,6 +222,13 @@ export class Store implements StoreView {
     const tmp = `${link}.tmp-${randomBytes(4).toString("hex")}`;
     await fs.symlink(path.relative(path.dirname(link), target), tmp);
     await fs.rename(tmp, link);
+  }
+
+  /** Drop a record (gc): its object is gone, so it no longer describes an image. */
+  async removeRecord(key: NodeKey): Promise<void> {
+    await fs.rm(path.join(this.recordsDir, `${key}.json`), { force: true });
+    this.recordCache.delete(key);
+    this.stackIndex = undefined;
   }
 
   /** Remove leftovers of interrupted builds (nothing published refers to tmp/). */

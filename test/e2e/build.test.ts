@@ -47,7 +47,8 @@ describe("dbuild all on a three-level tree", () => {
     // Published views are links to read-only objects with relative backing files.
     const view = path.join(p.root, "build", "micro:a:b.qcow2");
     const info = JSON.parse(execFileSync("qemu-img", ["info", "--output=json", "-U", view], { encoding: "utf8" })) as Record<string, string>;
-    expect(info["backing-filename"]).toMatch(/^[0-9a-f]{64}(\.\d+)?\.qcow2$/);
+    expect(info["backing-filename"]).toMatch(/^\.dbuild\/objects\/[0-9a-f]{64}(\.\d+)?\.qcow2$/);
+    execFileSync("qemu-img", ["info", "-U", "--backing-chain", view]);
     expect((await fs.stat(view)).mode & 0o222).toBe(0);
     // Read back what each layer wrote, from the leaf image, in a throwaway VM.
     const snap = path.join(p.root, "leaf.qcow2");

@@ -1,0 +1,93 @@
+/**
+ * The store with real qemu-img but no VM: atomic publish, read-only objects, relative backing files,
+ * views, never replacing an object, and gc that keeps backing chains and snapshot files.
+ */
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs/promises";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { NodeKey } from "../../src/plan/types.js";
+import { collectGarbage, qcow2Backing } from "../../src/store/gc.js";
+import { Store } from "../../src/store/store.js";
+import type { NodeRecord } from "../../src/store/types.js";
+
+let root: string;
+let store: Store;
+const k = (c: string) => c.repeat(64) as NodeKey;
+
+function img(file: string, backing?: string): void {
+  const args = ["create", "-q", "-f", "qcow2"];
+  if (backing) args.push("-F", "qcow2", "-b", backing);
+  args.push(file, "16M");
+  execFileSync("qemu-img", args);
+}
+
+async function publish(stack: string, key: NodeKey, parent: NodeRecord | null): Promise<NodeRecord> {
+  const tmp = store.tmpPath(stack) + ".qcow2";
+  img(tmp, parent ? path.relative(path.dirname(tmp), store.objectPath(parent.object)) : undefined);
+  const object = await store.publishImage(tmp, key, parent?.object ?? null);
+  const rec: NodeRecord = { key, stack, layer: stack.split(":").pop()!, parentKey: parent?.key ?? null, inputs: {}, object, duration: 1, builtAt: new Date().toISOString() };
+  await store.commit(rec);
+  return rec;
+}
+
+beforeEach(async () => {
+  root = await fs.mkdtemp(path.join(os.tmpdir(), "dbuild-store-"));
+  store = new Store(path.join(root, "build"));
+  await store.init();
+});
+afterEach(async () => {
+  await fs.rm(root, { recursive: true, force: true });
+});
+
+describe("store", () => {
+  it("publishes read-only objects with relative backing files and a view per stack", async () => {
+    const a = await publish("micro", k("a"), null);
+    const b = await publish("micro:web", k("b"), a);
+    expect(await store.viewShows("micro:web", k("b"))).toBe(true);
+    expect(await fs.readlink(store.viewPath("micro:web"))).toBe(`.dbuild/objects/${b.object}`);
+    const info = JSON.parse(execFileSync("qemu-img", ["info", "--output=json", store.viewPath("micro:web")], { encoding: "utf8" })) as Record<string, string>;
+    expect(info["backing-filename"]).toBe(`.dbuild/objects/${a.object}`);
+    // The chain opens through the view (a symlink in build/) and through the object path alike.
+    execFileSync("qemu-img", ["info", "--backing-chain", store.viewPath("micro:web")]);
+    execFileSync("qemu-img", ["info", "--backing-chain", store.objectPath(b.object)]);
+    expect((await fs.stat(store.objectPath(b.object))).mode & 0o222).toBe(0);
+    expect(await fs.readdir(store.tmpDir)).toEqual([]);
+    // The whole build dir can move: backing files still resolve.
+    const moved = path.join(root, "moved");
+    await fs.rename(store.buildDir, moved);
+    execFileSync("qemu-img", ["info", "--backing-chain", path.join(moved, "micro:web.qcow2")]);
+  });
+
+  it("deleting a view makes the node not fresh; a rebuild never replaces an object", async () => {
+    const a = await publish("micro", k("a"), null);
+    const before = await fs.stat(store.objectPath(a.object));
+    await fs.rm(store.viewPath("micro"));
+    expect(await store.viewShows("micro", k("a"))).toBe(false);
+    expect((await store.currentRecord("micro"))?.key).toBe(k("a"));
+    const again = await publish("micro", k("a"), null);
+    expect(again.object).toBe(`${k("a")}.1.qcow2`);
+    expect((await fs.stat(store.objectPath(a.object))).ino).toBe(before.ino);
+    expect(await store.viewShows("micro", k("a"))).toBe(true);
+  });
+
+  it("gc removes what no target needs, keeps backing chains and snapshot files' bases", async () => {
+    const a = await publish("micro", k("a"), null);
+    const b = await publish("micro:web", k("b"), a);
+    const c = await publish("micro:old", k("c"), a);
+    const d = await publish("micro:snapbase", k("d"), a);
+    // A user's snapshot in the project, backed by d.
+    img(path.join(root, "mysnap"), store.objectPath(d.object));
+    expect(await qcow2Backing(path.join(root, "mysnap"))).toBe(store.objectPath(d.object));
+    const dry = await collectGarbage(store, root, [k("b")], { dryRun: true });
+    expect(dry.removed.map((r) => path.basename(r.file))).toEqual([c.object]);
+    expect(await fs.readdir(store.objectsDir)).toContain(c.object);
+    const res = await collectGarbage(store, root, [k("b")], { dryRun: false });
+    expect(res.removed.map((r) => path.basename(r.file))).toEqual([c.object]);
+    const left = await fs.readdir(store.objectsDir);
+    expect(left.filter((n) => n !== ".dbuild").sort()).toEqual([a.object, b.object, d.object].sort());
+    await expect(fs.lstat(store.viewPath("micro:old"))).rejects.toThrow();
+    expect(await store.record(k("c"))).toBeUndefined();
+  });
+});
