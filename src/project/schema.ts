@@ -42,7 +42,8 @@ export const layerYaml = z.strictObject({
   import: z
     .strictObject({
       from: z.string().min(1),
-      sha256: z.string().regex(/^[0-9a-f]{64}$/, "expected 64 lowercase hex digits"),
+      // A digest of only digits would parse as a YAML number: ask for quotes rather than guessing.
+      sha256: z.string({ error: "expected 64 hex digits in quotes" }).regex(/^[0-9a-f]{64}$/, "expected 64 lowercase hex digits"),
     })
     .optional(),
   format: z
