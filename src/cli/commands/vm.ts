@@ -1,0 +1,311 @@
+/**
+ * Throwaway VMs, as Demobuilder's utils/createsnap.sh, run.sh and ssh.sh: `dbuild snap`, `run`, `ssh`,
+ * `shell`. Only wiring and printing here; the work is in vm/.
+ */
+import { spawn } from "node:child_process";
+import { promises as fs, realpathSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { Command } from "commander";
+import { loadProject } from "../../project/load.js";
+import type { Project } from "../../project/types.js";
+import { DbuildError } from "../../util/errors.js";
+import { createChild } from "../../vm/image.js";
+import { ensureProjectKey } from "../../vm/keys.js";
+import { startVm } from "../../vm/qemu.js";
+import { installVmCleanupHandlers } from "../../vm/registry.js";
+import { sshArgs } from "../../vm/rsync.js";
+
+/** What `dbuild run` leaves next to a snapshot so `dbuild ssh NAME` can find the VM. */
+export interface RunState {
+  pid: number;
+  disk: string;
+  ip: string;
+  sshHost: string;
+  sshPort: number;
+  vnc?: string;
+  keyPath: string;
+  runDir: string;
+  startedAt: string;
+}
+
+function rootOf(cmd: Command): string {
+  return path.resolve(cmd.optsWithGlobals<{ dir?: string }>().dir ?? process.cwd());
+}
+
+export function statePath(image: string): string {
+  const abs = path.resolve(image);
+  return path.join(path.dirname(abs), `.${path.basename(abs)}.dbuild-vm.json`);
+}
+
+function runDirFor(image: string): string {
+  const abs = path.resolve(image);
+  return path.join(path.dirname(abs), `.${path.basename(abs)}.dbuild-vm`);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function isInside(child: string, dir: string): boolean {
+  const rel = path.relative(dir, child);
+  return rel === "" || (!rel.startsWith("..") && !path.isAbsolute(rel));
+}
+
+function realOr(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
+}
+
+/** `build/STACK.qcow2`, `STACK.qcow2`, `STACK` or any path to an image: the file it names, resolved. */
+export async function resolveStackImage(project: Project, arg: string): Promise<string> {
+  const candidates = [path.resolve(arg)];
+  const stack = path.basename(arg).replace(/\.qcow2$/, "");
+  candidates.push(path.join(project.settings.buildDir, `${stack}.qcow2`));
+  for (const c of candidates) {
+    if (await exists(c)) {
+      const st = await fs.stat(c);
+      if (st.isFile()) return realpathSync(c);
+    }
+  }
+  throw new DbuildError({
+    reason: "no-image",
+    where: arg,
+    message: `no image for "${arg}" (looked for ${candidates.join(", ")})`,
+    hint: `build the stack first: dbuild ${stack}`,
+  });
+}
+
+/** A copy-on-write snapshot of a stack's image, backed by the immutable object (absolute path). */
+export async function snap(project: Project, image: string, name: string, opts: { force?: boolean } = {}): Promise<string> {
+  const backing = await resolveStackImage(project, image);
+  const dst = path.resolve(name);
+  if (isInside(realOr(path.dirname(dst)), realOr(project.settings.buildDir))) {
+    throw new DbuildError({
+      reason: "snap-in-build-dir",
+      where: name,
+      message: "snapshots cannot live inside the build dir (dbuild owns and garbage-collects it)",
+      hint: "pick a path outside it, e.g. ./snap.qcow2",
+    });
+  }
+  if ((await exists(dst)) && !opts.force) {
+    throw new DbuildError({ reason: "exists", where: name, message: "file exists", hint: "remove it or pass --force" });
+  }
+  if (opts.force) await fs.rm(dst, { force: true });
+  await createChild(backing, dst);
+  return dst;
+}
+
+function refuseBuildDirImage(project: Project, image: string): void {
+  const real = realOr(image);
+  const buildDir = realOr(project.settings.buildDir);
+  if (isInside(real, buildDir) || isInside(path.resolve(image), path.resolve(project.settings.buildDir))) {
+    throw new DbuildError({
+      reason: "image-in-build-dir",
+      where: image,
+      message: "refusing to run an image from the build dir: other images may be backed by it and would be corrupted; create a snapshot with `dbuild snap`",
+      hint: `dbuild snap ${path.relative(process.cwd(), path.resolve(image)) || image} snap.qcow2 && dbuild run snap.qcow2`,
+    });
+  }
+}
+
+function positiveInt(what: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new DbuildError({ reason: "bad-option", where: what, message: `"${v}" is not a positive whole number` });
+    return n;
+  };
+}
+
+/** Run OpenSSH with our terminal; resolves with its exit status (255: ssh itself failed). */
+function runOpenSsh(args: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("ssh", args, { stdio: "inherit" });
+    // While ssh owns the terminal, Ctrl-C belongs to it (and to the remote side), not to us.
+    const ignore = (): void => undefined;
+    process.on("SIGINT", ignore);
+    child.once("error", (e) => {
+      process.off("SIGINT", ignore);
+      reject(e);
+    });
+    child.once("exit", (code, sig) => {
+      process.off("SIGINT", ignore);
+      resolve(code ?? (sig ? 128 + (os.constants.signals[sig] ?? 0) : 255));
+    });
+  });
+}
+
+function sshCommandArgs(o: { keyPath: string; port: number; user: string; host: string; command: string[]; tty: boolean }): string[] {
+  return [...sshArgs({ keyPath: o.keyPath, port: o.port }), ...(o.tty ? ["-t"] : []), `${o.user}@${o.host}`, ...(o.command.length ? ["--", ...o.command] : [])];
+}
+
+export function registerVmCommands(program: Command): void {
+  program
+    .command("snap")
+    .description("create a copy-on-write snapshot NAME of a stack's image, to run with `dbuild run`")
+    .argument("<image>", "build/STACK.qcow2, STACK.qcow2 or STACK")
+    .argument("<name>", "snapshot file to create, e.g. snap.qcow2")
+    .option("-f, --force", "overwrite NAME if it exists")
+    .action(async (image: string, name: string, o: { force?: boolean }, cmd: Command) => {
+      const project = await loadProject(rootOf(cmd));
+      const dst = await snap(project, image, name, o);
+      process.stdout.write(`${path.relative(process.cwd(), dst) || dst}\n`);
+    });
+
+  program
+    .command("run")
+    .description("boot an image (a snapshot) in the background; prints QEMUPID=, IP=, SSH= (and VNC=) lines")
+    .argument("<name>", "qcow2 image outside the build dir")
+    .option("--vnc", "start a VNC server on 127.0.0.1")
+    .option("--mem <MiB>", "memory (default: defaults.mem of demobuild.yaml)", positiveInt("--mem"))
+    .option("--cpus <n>", "virtual CPUs (default: defaults.cpus)", positiveInt("--cpus"))
+    .action(async (name: string, o: { vnc?: boolean; mem?: number; cpus?: number }, cmd: Command) => {
+      const root = rootOf(cmd);
+      const project = await loadProject(root);
+      const image = path.resolve(name);
+      if (!(await exists(image))) throw new DbuildError({ reason: "no-image", where: name, message: "no such file", hint: "create one with `dbuild snap STACK NAME`" });
+      refuseBuildDirImage(project, image);
+      const sp = statePath(image);
+      try {
+        const prev = JSON.parse(await fs.readFile(sp, "utf8")) as RunState;
+        if (alive(prev.pid)) {
+          throw new DbuildError({ reason: "already-running", where: name, message: `already running (QEMUPID=${prev.pid})`, hint: `kill ${prev.pid} to stop it` });
+        }
+      } catch (e) {
+        if (e instanceof DbuildError) throw e;
+      }
+      const { key } = await ensureProjectKey(root);
+      const runDir = runDirFor(image);
+      await fs.rm(runDir, { recursive: true, force: true });
+      const s = project.settings;
+      const vm = await startVm({
+        disk: image,
+        mem: o.mem ?? s.defaults.mem,
+        cpus: o.cpus ?? s.defaults.cpus,
+        accelerator: s.accelerator,
+        accelCacheFile: path.join(s.buildDir, ".dbuild", "accel.json"),
+        network: s.network,
+        keyPath: key,
+        serialLog: path.join(runDir, "serial.log"),
+        runDir,
+        bootTimeoutMs: s.timeouts.boot * 1000,
+        vnc: o.vnc ?? false,
+        detached: true,
+      });
+      const state: RunState = {
+        pid: vm.pid,
+        disk: image,
+        ip: vm.ip,
+        sshHost: vm.sshHost,
+        sshPort: vm.sshPort,
+        keyPath: key,
+        runDir,
+        startedAt: new Date().toISOString(),
+      };
+      if (vm.vncDisplay) state.vnc = vm.vncDisplay;
+      await fs.writeFile(sp, JSON.stringify(state, null, 2) + "\n");
+      const lines = [`QEMUPID=${vm.pid}`, `IP=${vm.ip}`, `SSH=${vm.sshHost}:${vm.sshPort}`];
+      if (vm.vncDisplay) lines.push(`VNC=${vm.vncDisplay}`);
+      process.stdout.write(lines.join("\n") + "\n");
+    });
+
+  program
+    .command("ssh")
+    .description("run a command (or a shell) in a VM started by `dbuild run NAME`, or at root@IP (bridge mode)")
+    .argument("<target>", "snapshot NAME given to `dbuild run`, or USER@IP")
+    .argument("[command...]", "command to run (default: an interactive shell)")
+    .passThroughOptions()
+    .action(async (target: string, command: string[], _o: unknown, cmd: Command) => {
+      const root = rootOf(cmd);
+      let host: string;
+      let port: number;
+      let user = "root";
+      let keyPath: string;
+      const m = /^([^@/]+)@([^/]+)$/.exec(target);
+      if (m && !(await exists(target))) {
+        user = m[1]!;
+        host = m[2]!;
+        port = 22;
+        keyPath = (await ensureProjectKey(root)).key;
+      } else {
+        const sp = statePath(target);
+        let st: RunState;
+        try {
+          st = JSON.parse(await fs.readFile(sp, "utf8")) as RunState;
+        } catch {
+          throw new DbuildError({ reason: "not-running", where: target, message: "no VM was started from this image", hint: `dbuild run ${target}` });
+        }
+        if (!alive(st.pid)) {
+          throw new DbuildError({ reason: "not-running", where: target, message: `the VM (QEMUPID=${st.pid}) is no longer running`, hint: `dbuild run ${target}` });
+        }
+        host = st.sshHost;
+        port = st.sshPort;
+        keyPath = st.keyPath;
+      }
+      const tty = command.length === 0;
+      process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath, port, user, host, command, tty }));
+    });
+
+  program
+    .command("shell")
+    .description("boot a throwaway snapshot of a stack and open a shell in it; everything is removed on exit")
+    .argument("<stack>", "STACK or build/STACK.qcow2")
+    .option("--mem <MiB>", "memory (default: defaults.mem)", positiveInt("--mem"))
+    .option("--cpus <n>", "virtual CPUs (default: defaults.cpus)", positiveInt("--cpus"))
+    .action(async (stack: string, o: { mem?: number; cpus?: number }, cmd: Command) => {
+      const root = rootOf(cmd);
+      const project = await loadProject(root);
+      const s = project.settings;
+      const backing = await resolveStackImage(project, stack);
+      const { key } = await ensureProjectKey(root);
+      installVmCleanupHandlers();
+      // The snapshot lives in the VM's run dir, so every way the VM ends (shutdown, kill, Ctrl-C,
+      // crash of this process) removes it with the run dir.
+      const runDir = await fs.mkdtemp(path.join(os.tmpdir(), "dbuild-shell-"));
+      const disk = path.join(runDir, "snap.qcow2");
+      let vm: Awaited<ReturnType<typeof startVm>> | undefined;
+      const ac = new AbortController();
+      const onSig = (): void => ac.abort(new Error("interrupted"));
+      process.once("SIGINT", onSig);
+      try {
+        await createChild(backing, disk);
+        process.stderr.write(`booting ${path.basename(backing)} ...\n`);
+        vm = await startVm({
+          disk,
+          mem: o.mem ?? s.defaults.mem,
+          cpus: o.cpus ?? s.defaults.cpus,
+          accelerator: s.accelerator,
+          accelCacheFile: path.join(s.buildDir, ".dbuild", "accel.json"),
+          network: s.network,
+          keyPath: key,
+          serialLog: path.join(runDir, "serial.log"),
+          runDir,
+          bootTimeoutMs: s.timeouts.boot * 1000,
+          signal: ac.signal,
+        });
+        process.off("SIGINT", onSig);
+        process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath: key, port: vm.sshPort, user: "root", host: vm.sshHost, command: [], tty: true }));
+      } finally {
+        process.off("SIGINT", onSig);
+        if (vm) await vm.kill();
+        await fs.rm(runDir, { recursive: true, force: true });
+      }
+    });
+}
