@@ -367,7 +367,7 @@ async function convertDeliverable(
   signal: AbortSignal,
   work: string[],
 ): Promise<{ deliverable: { path: string; object: string }; next?: string }> {
-  const cfg = layer.config as { format?: string; extension?: string; next?: string };
+  const cfg = layer.config;
   const format = cfg.format ?? layer.name;
   const ext = cfg.extension ?? format;
   setStep("convert", `to ${format}`);

@@ -50,6 +50,11 @@ export const layerYaml = z.strictObject({
     .string()
     .regex(/^[A-Za-z0-9][A-Za-z0-9._+-]*$/, "expected a format name such as qcow2, openstack, vagrant")
     .optional(),
+  extension: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9.]*$/, "expected a file extension without the dot, such as qcow2, box, ova")
+    .optional(),
+  next: z.string().min(1).optional(),
   env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "expected an environment variable name"), envValue).optional(),
 });
 export type LayerYaml = z.infer<typeof layerYaml>;

@@ -40,6 +40,10 @@ export interface LayerConfig {
   import?: { from: string; sha256: string };
   /** Finalizing layers only: deliverable format (openstack, vagrant, vsphere, raw, ...). Default: the layer name. */
   format?: string;
+  /** Finalizing layers only: file extension of the deliverable (default: the format). */
+  extension?: string;
+  /** Finalizing layers only: the next step shown to the user; placeholders {OUTPUT} {NAME} {STACK} {MEM} {CPUS}. */
+  next?: string;
   /** Extra environment for the layer's install. */
   env?: Record<string, string>;
 }
