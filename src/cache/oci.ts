@@ -347,7 +347,7 @@ export class OciClient {
           await res.body?.cancel();
           throw this.authError(creds ? `the token service ${url.origin} rejected the credentials for ${this.ref.authority}` : `${this.ref.authority} needs credentials`);
         }
-        if (res.status >= 500 || res.status === 429) throw new TransientError(`token service ${url.origin} answered ${res.status}`);
+        if (res.status >= 500 || res.status === 429) throw new TransientError(`token service ${url.origin} answered ${res.status}`, { status: res.status });
         if (!res.ok) throw new RegistryHttpError(res.status, `token service ${url.origin} answered ${res.status}: ${await errorText(res)}`);
         const body = (await res.json()) as { token?: unknown; access_token?: unknown };
         const token = typeof body.token === "string" ? body.token : typeof body.access_token === "string" ? body.access_token : undefined;
@@ -421,7 +421,7 @@ export class OciClient {
         const text = method === "HEAD" ? res.statusText : await errorText(res);
         if (res.status === 429 || res.status === 502 || res.status === 503 || res.status === 504 || res.status === 500) {
           const after = retryAfter(res);
-          throw new TransientError(`${this.ref.authority} answered ${res.status} ${text}`, after === undefined ? {} : { retryAfterMs: after });
+          throw new TransientError(`${this.ref.authority} answered ${res.status} ${text}`, { status: res.status, ...(after === undefined ? {} : { retryAfterMs: after }) });
         }
         throw new RegistryHttpError(res.status, `${this.ref.authority} answered ${res.status} ${text}`);
       } catch (e) {
@@ -445,7 +445,7 @@ export class OciClient {
       );
     } catch (e) {
       if (signal?.aborted || e instanceof DbuildError) throw e;
-      const unreachable = e instanceof TransientError && e.cause !== undefined;
+      const unreachable = e instanceof TransientError && e.status === undefined;
       const tries = attempts > 1 ? ` after ${attempts} attempts` : "";
       throw new DbuildError(
         {

@@ -19,10 +19,13 @@ export const DEFAULT_RETRY: RetryOptions = { retries: 4, baseMs: 250, maxMs: 8_0
 /** A failure worth retrying; `retryAfterMs` carries a server's Retry-After. */
 export class TransientError extends Error {
   readonly retryAfterMs: number | undefined;
-  constructor(message: string, options?: { cause?: unknown; retryAfterMs?: number }) {
+  /** The HTTP status that was answered, or undefined when no answer came (network error, stall). */
+  readonly status: number | undefined;
+  constructor(message: string, options?: { cause?: unknown; retryAfterMs?: number; status?: number }) {
     super(message, { cause: options?.cause });
     this.name = "TransientError";
     this.retryAfterMs = options?.retryAfterMs;
+    this.status = options?.status;
   }
 }
 

@@ -83,4 +83,62 @@ describe("OCI client against docker-registry", () => {
     const tags = await run("skopeo", ["list-tags", "--tls-verify=false", `docker://127.0.0.1:${reg.port}/dbuild-test`]);
     expect(JSON.parse(tags.stdout).Tags).toContain(k);
   });
+
+  it("detects a corrupted blob on pull and leaves no file at the destination", async () => {
+    const client = new OciClient(reg.url);
+    const k = key("corrupt");
+    const pushed = await client.pushNodeImage({ key: k, stack: "micro:bad", layer: "bad", parentKey: key("base"), file: image });
+    await reg.corruptBlob(pushed.digest, 20 * MiB);
+    const out = join(dir, "out");
+    await rm(out, { recursive: true, force: true });
+    await import("node:fs/promises").then((fs) => fs.mkdir(out));
+    const dest = join(out, "bad.qcow2");
+    let err: unknown;
+    try {
+      await client.pullNodeImage(k, dest);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(DbuildError);
+    const p = (err as DbuildError).problems[0]!;
+    expect(p.reason).toBe("digest-mismatch");
+    expect(p.where).toBe(reg.url);
+    expect(p.message).toContain(pushed.digest);
+    expect(existsSync(dest)).toBe(false);
+    expect(await readdir(out)).toEqual([]);
+  });
+
+  it("fails clearly when the registry disappears mid-push, leaving the source intact", async () => {
+    // content the registry does not have yet, so the upload really happens
+    const fresh = join(dir, "fresh.qcow2");
+    const freshDigest = await makeImage(fresh, 40 * MiB);
+    const client = new OciClient(reg.url, { chunkSize: 4 * MiB, retry: { retries: 2, baseMs: 50, maxMs: 100 } });
+    let killed: Promise<void> | undefined;
+    let err: unknown;
+    const t0 = Date.now();
+    try {
+      await client.pushNodeImage(
+        { key: key("crash"), stack: "micro:crash", layer: "crash", parentKey: null, file: fresh },
+        {
+          onProgress: (done) => {
+            // after the first chunk is through, the registry host "dies"
+            if (done > 6 * MiB && !killed) killed = reg.kill();
+          },
+        },
+      );
+    } catch (e) {
+      err = e;
+    }
+    await killed;
+    expect(killed).toBeDefined();
+    expect(err).toBeInstanceOf(DbuildError);
+    const p = (err as DbuildError).problems[0]!;
+    expect(p.reason).toBe("registry-unreachable");
+    expect(p.where).toBe(reg.url);
+    expect(p.message).toMatch(/pushing blob sha256:[0-9a-f]{12}… \(40\.0 MiB\) failed after 3 attempts: cannot reach http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\)/);
+    expect(p.hint).toContain(`http://127.0.0.1:${reg.port}/v2/`);
+    expect(p.hint).toContain("nothing local was changed");
+    expect(Date.now() - t0).toBeLessThan(30_000);
+    expect(await sha(fresh)).toBe(freshDigest);
+  });
 });
