@@ -10,6 +10,7 @@ import { loadProject } from "../../project/load.js";
 import type { Project } from "../../project/types.js";
 import type { BuildEvent, Reporter } from "../../report/events.js";
 import { MultiReporter } from "../../report/events.js";
+import { JunitReporter } from "../../report/junit.js";
 import { JsonReporter, PlainReporter, TtyReporter } from "../../report/reporters.js";
 import { Store } from "../../store/store.js";
 import { DbuildError } from "../../util/errors.js";
@@ -24,6 +25,7 @@ export interface BuildCliOptions {
   json?: boolean;
   dot?: boolean;
   progress?: string;
+  junit?: string;
 }
 
 export function addBuildOptions(cmd: Command): Command {
@@ -34,7 +36,8 @@ export function addBuildOptions(cmd: Command): Command {
     .option("-n, --dry-run", "print the plan (same as `dbuild plan`) and build nothing")
     .option("--json", "with --dry-run: the plan as JSON")
     .option("--dot", "with --dry-run: the plan as Graphviz")
-    .option("--progress <mode>", "tty | plain | json (default: tty on a terminal, else plain)");
+    .option("--progress <mode>", "tty | plain | json (default: tty on a terminal, else plain)")
+    .option("--junit <file>", "also write a JUnit XML report, one testcase per node");
 }
 
 export function projectRoot(cmd: Command): string {
@@ -115,7 +118,11 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
   const project = await loadProject(root);
   const jobs = parseJobs(o.jobs, project);
   const store = new Store(project.settings.buildDir);
-  const reporter = new MultiReporter([makeReporter(o.progress), ...(extras.reporters ?? [])]);
+  const reporter = new MultiReporter([
+    makeReporter(o.progress),
+    ...(o.junit ? [new JunitReporter(o.junit)] : []),
+    ...(extras.reporters ?? []),
+  ]);
   installVmCleanupHandlers();
   const release = await lockBuildDir(store);
   const intr = interruptController();

@@ -1,0 +1,74 @@
+/**
+ * --junit FILE: one <testcase> per node of the build (classname = the base layer, name = the stack),
+ * failures with their step, exit code and log tail, skipped nodes as <skipped>. Written on close.
+ */
+import { writeFileSync } from "node:fs";
+import type { BuildEvent, Reporter } from "./events.js";
+
+interface Case {
+  stack: string;
+  time: number;
+  failure?: { message: string; body: string };
+  skipped?: string;
+}
+
+function esc(s: string): string {
+  return s.replace(/[<>&"']/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&apos;" })[c]!)
+    // XML 1.0 forbids most control characters; install output may contain them.
+    .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, "");
+}
+
+export class JunitReporter implements Reporter {
+  private readonly cases: Case[] = [];
+  private duration = 0;
+
+  constructor(private readonly file: string) {}
+
+  event(e: BuildEvent): void {
+    switch (e.type) {
+      case "node-done":
+        this.cases.push({ stack: e.stack, time: e.duration });
+        break;
+      case "node-failed":
+        this.cases.push({
+          stack: e.stack,
+          time: e.duration,
+          failure: {
+            message: `failed in step ${e.step}${e.exitCode != null ? ` (exit code ${e.exitCode})` : ""}: ${e.message}`,
+            body: [...e.logTail, `full log: ${e.logPath}`].join("\n"),
+          },
+        });
+        break;
+      case "node-skipped":
+        this.cases.push({ stack: e.stack, time: 0, skipped: e.reason });
+        break;
+      case "build-done":
+        this.duration = e.duration;
+        break;
+      default:
+        break;
+    }
+  }
+
+  close(): void {
+    const failures = this.cases.filter((c) => c.failure).length;
+    const skipped = this.cases.filter((c) => c.skipped).length;
+    const lines = [
+      `<?xml version="1.0" encoding="UTF-8"?>`,
+      `<testsuites name="dbuild" tests="${this.cases.length}" failures="${failures}" skipped="${skipped}" time="${this.duration.toFixed(3)}">`,
+      `  <testsuite name="dbuild" tests="${this.cases.length}" failures="${failures}" skipped="${skipped}" time="${this.duration.toFixed(3)}">`,
+    ];
+    for (const c of this.cases) {
+      const head = `    <testcase classname="${esc(c.stack.split(":")[0] ?? c.stack)}" name="${esc(c.stack)}" time="${c.time.toFixed(3)}"`;
+      if (c.failure) {
+        lines.push(`${head}>`, `      <failure message="${esc(c.failure.message)}">${esc(c.failure.body)}</failure>`, `    </testcase>`);
+      } else if (c.skipped) {
+        lines.push(`${head}>`, `      <skipped message="${esc(c.skipped)}"/>`, `    </testcase>`);
+      } else {
+        lines.push(`${head}/>`);
+      }
+    }
+    lines.push("  </testsuite>", "</testsuites>", "");
+    writeFileSync(this.file, lines.join("\n"));
+  }
+}
