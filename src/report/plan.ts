@@ -90,7 +90,7 @@ export function renderPlanJson(plan: Plan): string {
   return JSON.stringify(planToJson(plan), null, 2) + "\n";
 }
 
-const dotId = (s: string): string => `"${s.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
+const dotId = (s: string): string => `"${s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`;
 
 /** Graphviz digraph: one box per node, stale ones filled amber and bold, targets double-bordered. */
 export function renderPlanDot(plan: Plan): string {
