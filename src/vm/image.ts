@@ -67,7 +67,11 @@ export async function imageInfo(file: string, opts: { signal?: AbortSignal } = {
   const chain = list.map((i, n) => ({
     filename: n === 0 ? abs : path.resolve(i.filename),
     format: i.format,
-    backingFile: i["full-backing-filename"] ?? (i["backing-filename"] ? path.resolve(path.dirname(i.filename), i["backing-filename"]) : undefined),
+    backingFile: i["full-backing-filename"]
+      ? path.resolve(i["full-backing-filename"])
+      : i["backing-filename"]
+        ? path.resolve(path.dirname(i.filename), i["backing-filename"])
+        : undefined,
   }));
   return {
     filename: abs,
