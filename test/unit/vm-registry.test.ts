@@ -47,7 +47,7 @@ describe("VM cleanup registry", () => {
     child = spawn(process.execPath, [file], { stdio: ["ignore", "pipe", "inherit"] });
     const c = child;
     await new Promise<void>((resolve, reject) => {
-      c.stdout.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
+      c.stdout!.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
       c.once("exit", (code) => reject(new Error(`child exited early: ${code}`)));
     });
     for (let i = 0; i < 50 && pgrep(marker) === ""; i++) await new Promise((r) => setTimeout(r, 20)); // bash exec in progress
