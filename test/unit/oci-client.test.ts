@@ -410,11 +410,12 @@ describe("OciClient against a fake registry", () => {
     const key = "b".repeat(64);
     const parentKey = "c".repeat(64);
     const client = new OciClient(reg.url, fast);
-    await client.pushNodeImage({ key, stack: "micro:web", layer: "web", parentKey, file: path });
+    const parentDigest = sha(Buffer.from("parent image"));
+    await client.pushNodeImage({ key, stack: "micro:web", layer: "web", parentKey, parentDigest, file: path });
     expect(reg.blobs.has("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")).toBe(true);
     const dest = join(dir, "node-pulled.qcow2");
     const got = await client.pullNodeImage(key, dest);
-    expect(got).toMatchObject({ key, stack: "micro:web", layer: "web", parentKey, digest: sha(data), size: data.length });
+    expect(got).toMatchObject({ key, stack: "micro:web", layer: "web", parentKey, parentDigest, digest: sha(data), size: data.length });
     expect(got!.annotations["org.opencontainers.image.title"]).toBe("micro-web.qcow2");
 
     const other = "d".repeat(64);
