@@ -170,10 +170,12 @@ Reproduce: \`npm run bench -- oci\` (\`OCI_BENCH_ROUNDS=N\` for more rounds).
 
 One qcow2 of ${(size / MiB).toFixed(0)} MiB (half random, half zero clusters before conversion) pushed to and pulled
 from Debian's docker-registry (distribution ${registryVersion()}) on 127.0.0.1, a fresh registry per round,
-median of ${ROUNDS} rounds. dbuild: \`OciClient.pushNodeImage\` (sha256 of the file, HEAD, chunked upload in
-16 MiB PATCHes, manifest) and \`pullNodeImage\` (manifest, streamed download, sha256 checked while streaming,
-atomic rename). skopeo ${skopeoVersion()}: \`skopeo copy\` of the same artifact from an OCI layout, and back into
-a fresh OCI layout. Ratio = skopeo time / dbuild time (above 1: dbuild is faster; goal >= 0.9).
+median of ${ROUNDS} rounds. dbuild: \`OciClient.pushNodeImage\` (blob HEAD, chunked upload in 32 MiB PATCHes
+streamed from the file, manifest) with the blob's digest known, as skopeo knows it from its layout; "incl.
+hashing" also reads the file once first to compute its sha256. \`pullNodeImage\`: manifest, streamed download
+with sha256 checked while streaming, atomic rename. skopeo ${skopeoVersion()}: \`skopeo copy\` of the same
+artifact from an OCI layout, and back into a fresh OCI layout. Ratio = skopeo time / dbuild time (above 1:
+dbuild is faster; goal >= 0.9). The machine is shared: read the ratios, not the absolute figures.
 
 | step | dbuild | skopeo copy | ratio |
 |---|---|---|---|

@@ -399,8 +399,8 @@ export class OciClient {
       const headers: Record<string, string> = { ...init.headers };
       if (this.authorization) headers.authorization = this.authorization;
       let res: Response;
+      const body = init.body?.();
       try {
-        const body = init.body?.();
         res = await fetch(url, {
           method,
           headers,
@@ -411,12 +411,14 @@ export class OciClient {
         });
       } catch (e) {
         dog.dispose();
+        closeBody(body);
         throw this.classifyFetchError(e, init.signal);
       }
       try {
         // One fresh authentication per request: a token may have expired, or lack the push scope.
         if (res.status === 401 && authTry === 0) {
           await res.body?.cancel();
+          closeBody(body);
           const header = res.headers.get("www-authenticate") ?? "";
           await this.authenticate(parseWwwAuthenticate(header), init.push, init.signal);
           dog.dispose();
@@ -439,6 +441,7 @@ export class OciClient {
         throw new RegistryHttpError(res.status, `${this.ref.authority} answered ${res.status} ${text}`);
       } catch (e) {
         dog.dispose();
+        closeBody(body);
         throw this.classifyFetchError(e, init.signal);
       }
     }
@@ -522,7 +525,6 @@ export class OciClient {
     open: (start: number, end: number, onBytes: (n: number) => void) => AsyncIterable<Uint8Array>,
     opts: TransferOptions,
   ): Promise<void> {
-    const stall = this.opts.stallTimeoutMs ?? 60_000;
     // A failed attempt starts over with a new upload session: a half-written session cannot be trusted
     // after the connection that wrote it broke.
     await this.step(`pushing blob ${short(digest)} (${sizeText(size)})`, true, opts.signal, async () => {
@@ -539,48 +541,62 @@ export class OciClient {
         signal: opts.signal,
         headers: { "content-length": "0" },
       });
-      let location = this.location(started.res);
+      const session = { location: this.location(started.res) };
       const minChunk = Number(started.res.headers.get("oci-chunk-min-length") ?? "0") || 0;
-      const chunk = Math.max(this.chunkSize, minChunk);
-      const bodyInit = (start: number, end: number) => (): FetchBody => open(start, end, onBytes);
-
-      if (size <= (this.opts.monolithicMax ?? 16 * MiB)) {
-        await this.send("PUT", withDigest(location, digest), {
+      const stall = this.opts.stallTimeoutMs ?? 60_000;
+      const data = (start: number, end: number): Omit<SendInit, "expect"> => ({
+        push: true,
+        signal: opts.signal,
+        timeoutMs: stall,
+        onWatchdog: (k) => (kick = k),
+        body: () => open(start, end, onBytes),
+      });
+      try {
+        if (size <= (this.opts.monolithicMax ?? 16 * MiB)) {
+          const { headers, ...rest } = data(0, size);
+          await this.send("PUT", withDigest(session.location, digest), {
+            ...rest,
+            expect: [201],
+            headers: { ...headers, "content-type": "application/octet-stream", "content-length": String(size) },
+          });
+          return;
+        }
+        const chunk = Math.max(this.chunkSize, minChunk);
+        for (let start = 0; start < size; start += chunk) {
+          const end = Math.min(size, start + chunk);
+          const patched = await this.send("PATCH", session.location, {
+            ...data(start, end),
+            expect: [202],
+            headers: {
+              "content-type": "application/octet-stream",
+              "content-length": String(end - start),
+              "content-range": `${start}-${end - 1}`,
+            },
+          });
+          session.location = this.location(patched.res);
+        }
+        await this.send("PUT", withDigest(session.location, digest), {
           expect: [201],
           push: true,
           signal: opts.signal,
           timeoutMs: stall,
-          onWatchdog: (k) => (kick = k),
-          headers: { "content-type": "application/octet-stream", "content-length": String(size) },
-          body: bodyInit(0, size),
+          headers: { "content-length": "0" },
         });
-        return;
+      } catch (e) {
+        // Free the registry's half-written session now rather than at its purge interval (best effort).
+        if (!opts.signal?.aborted) await this.cancelUpload(session.location);
+        throw e;
       }
-      for (let start = 0; start < size; start += chunk) {
-        const end = Math.min(size, start + chunk);
-        const patched = await this.send("PATCH", location, {
-          expect: [202],
-          push: true,
-          signal: opts.signal,
-          timeoutMs: stall,
-          onWatchdog: (k) => (kick = k),
-          headers: {
-            "content-type": "application/octet-stream",
-            "content-length": String(end - start),
-            "content-range": `${start}-${end - 1}`,
-          },
-          body: bodyInit(start, end),
-        });
-        location = this.location(patched.res);
-      }
-      await this.send("PUT", withDigest(location, digest), {
-        expect: [201],
-        push: true,
-        signal: opts.signal,
-        timeoutMs: stall,
-        headers: { "content-length": "0" },
-      });
     });
+  }
+
+  private async cancelUpload(location: string): Promise<void> {
+    try {
+      const { res } = await this.send("DELETE", location, { expect: [204, 404], push: true, timeoutMs: 2000 });
+      await res.body?.cancel();
+    } catch {
+      // the session expires on its own
+    }
   }
 
   private location(res: Response): string {
@@ -781,6 +797,13 @@ export class OciClient {
     const info = readNodeManifest(this.ref.url, key, found.manifest);
     await this.pullBlobToFile(info.digest, destFile, { ...opts, size: info.size });
     return info;
+  }
+}
+
+/** Ends a streaming request body that fetch did not finish reading, so its file is closed now. */
+function closeBody(body: FetchBody | undefined): void {
+  if (body && typeof body === "object" && "return" in body && typeof body.return === "function") {
+    (body as AsyncGenerator<unknown>).return(undefined).catch(() => undefined);
   }
 }
 

@@ -280,6 +280,7 @@ describe("OciClient against a fake registry", () => {
     expect(reg.count("HEAD", "/v2/team/repo/blobs/")).toBe(3);
     expect(reg.count("POST", "/v2/team/repo/blobs/uploads/")).toBe(3); // dropped, broken by the PATCH, good
     expect(reg.count("PATCH", "/v2/team/repo/blobs/uploads/")).toBe(3 + 3); // 3 chunks, the third failed once
+    expect(reg.count("DELETE", "/v2/team/repo/blobs/uploads/")).toBe(1); // the broken session is given up
   });
 
   it("gives up after the retries with an error naming the registry, and does not retry 4xx", async () => {
