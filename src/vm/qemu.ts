@@ -25,6 +25,12 @@ const MAX_SOCKET_DIR = 90;
 /** Milliseconds since QEMU was spawned at which each readiness stage completed. */
 export interface BootTimings {
   qmp?: number;
+  /** When the guest opened the agent's virtio port (QMP VSERPORT_CHANGE). */
+  agentPortOpen?: number;
+  /** guest-sync attempts sent before one was answered. */
+  agentAttempts?: number;
+  /** SSH connection attempts (user-mode networking accepts before the guest listens). */
+  sshAttempts?: number;
   agent?: number;
   ip?: number;
   ssh?: number;
@@ -266,7 +272,8 @@ function buildArgs(o: {
     "-mon", "chardev=qmp,mode=control",
     "-chardev", `socket,id=qga0,path=${qemuPath(o.agentSocket)},server=on,wait=off`,
     "-device", "virtio-serial-pci",
-    "-device", `virtserialport,chardev=qga0,name=${AGENT_PORT}`,
+    // an id makes QEMU emit VSERPORT_CHANGE when the guest opens the port
+    "-device", `virtserialport,id=agentport,chardev=qga0,name=${AGENT_PORT}`,
     "-serial", `file:${qemuPath(opts.serialLog)}`,
   ];
   if (opts.network.mode === "bridge") {
@@ -347,7 +354,10 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
     // The guest opening the agent port is an event: use it to retry at once instead of waiting out an attempt.
     let attemptCtl = new AbortController();
     vm.qmp.on("event", (ev) => {
-      if (ev.event === "VSERPORT_CHANGE" && ev.data?.open === true) attemptCtl.abort(new Error("agent port opened"));
+      if (ev.event === "VSERPORT_CHANGE" && ev.data?.open === true) {
+        vm.timings.agentPortOpen ??= Date.now() - t0;
+        attemptCtl.abort(new Error("agent port opened"));
+      }
     });
     if (opts.vnc) {
       const info = await vm.qmp.execute<{ service?: string; host?: string }>("query-vnc", undefined, { signal });
@@ -356,7 +366,9 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
 
     stage = "guest agent";
     vm.agent = await GuestAgent.connect(vm.agentSocket, { timeoutMs: Math.max(1, deadline - Date.now()), signal });
+    vm.timings.agentAttempts = 0;
     for (;;) {
+      vm.timings.agentAttempts++;
       if (signal.aborted) throw abortError(signal);
       attemptCtl = new AbortController();
       const both = AbortSignal.any([signal, attemptCtl.signal]);
@@ -389,7 +401,13 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
       vm.sshPort = hostPort ?? 22;
     }
     const key = await fs.readFile(opts.keyPath);
-    const s = await waitForSsh({ host: vm.sshHost, port: vm.sshPort, privateKey: key }, { deadline, maxAttempts: 40, signal });
+    const s = await waitForSsh({ host: vm.sshHost, port: vm.sshPort, privateKey: key }, {
+      deadline,
+      maxAttempts: 40,
+      signal,
+      onAttempt: (n) => (vm.timings.sshAttempts = n),
+    });
+    vm.timings.sshAttempts = (vm.timings.sshAttempts ?? 0) + 1;
     vm.adoptSsh(s);
     vm.timings.ssh = Date.now() - t0;
   } catch (e) {
