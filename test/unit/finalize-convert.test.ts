@@ -170,4 +170,12 @@ describe("vsphere", () => {
     });
     expect(mf.trimEnd().split("\n")).toEqual(expected);
   });
+
+  it("keeps file names in the archive safe for tar and importers", async () => {
+    const o = join(tmp, "dash.ova");
+    const r = await convert("vsphere", o, { NAME: "-rf ../x" });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(await tarList(o)).toEqual(["vm-rf_.._x.ovf", "vm-rf_.._x.mf", "vm-rf_.._x-disk1.vmdk"]);
+    expect(await tarCat(o, "vm-rf_.._x.ovf")).toContain("<Name>-rf ../x</Name>");
+  });
 });
