@@ -11,8 +11,19 @@ import { addBuildOptions, projectRoot, registerBuildCommands, runBuild, type Bui
 import { registerPlanCommands } from "./commands/plan.js";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerGcCommand } from "./commands/gc.js";
+import { registerWatchCommands, runWatch } from "./commands/watch.js";
 import { Store } from "../store/store.js";
 import type { Project } from "../project/types.js";
+
+interface RootOptions extends BuildCliOptions {
+  watch?: string[];
+  stack?: string[];
+  shell?: boolean;
+}
+
+function collect(v: string, prev: string[] | undefined): string[] {
+  return [...(prev ?? []), v];
+}
 
 export async function main(argv: string[]): Promise<number> {
   const program = new Command("dbuild");
@@ -23,7 +34,20 @@ export async function main(argv: string[]): Promise<number> {
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) });
   addBuildOptions(program.argument("[stacks...]", "stacks to build, e.g. micro:web:openstack"))
-    .action(async (stacks: string[], o: BuildCliOptions, cmd: Command) => {
+    .option("--watch <path>", "watch a layer directory and rebuild on change (same as `dbuild watch PATH`; repeatable)", collect)
+    .option("--stack <stack>", "with --watch: the stack to rebuild (repeatable; default: every target using the layer)", collect)
+    .option("--shell", "with --watch: keep a throwaway VM of the rebuilt stack running")
+    .action(async (stacks: string[], o: RootOptions, cmd: Command) => {
+      if (o.watch?.length) {
+        const paths = [...o.watch, ...stacks.filter((s) => s.includes("/"))];
+        process.exitCode = await runWatch(projectRoot(cmd), paths, {
+          ...(o.stack ? { stack: o.stack } : {}),
+          ...(o.shell ? { shell: true } : {}),
+          ...(o.jobs ? { jobs: o.jobs } : {}),
+          ...(o.progress ? { progress: o.progress } : {}),
+        });
+        return;
+      }
       if (!stacks.length) {
         cmd.help();
         return;
@@ -34,6 +58,7 @@ export async function main(argv: string[]): Promise<number> {
   registerPlanCommands(program, (p: Project) => new Store(p.settings.buildDir));
   registerVmCommands(program);
   registerGcCommand(program);
+  registerWatchCommands(program);
   try {
     await program.parseAsync(argv, { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;
