@@ -143,7 +143,6 @@ export async function ensureMicroImage(opts: MicroOptions = {}): Promise<MicroIm
 async function ensureMicroImageUncached(hash: string, opts: MicroOptions): Promise<MicroImage> {
   const dir = testCacheDir();
   await fs.mkdir(dir, { recursive: true });
-  const image = path.join(dir, `micro${opts.noAgent ? "-noagent" : ""}-${hash}.qcow2`);
   const lockTarget = path.join(dir, "micro.lock");
   await fs.writeFile(lockTarget, "", { flag: "a" });
   // A cold build takes ~15-60 s on a loaded 2-core machine: wait up to ~10 minutes for another worker.
@@ -154,6 +153,10 @@ async function ensureMicroImageUncached(hash: string, opts: MicroOptions): Promi
   });
   try {
     const { key, pubkey } = await ensureKey(dir);
+    // The key is baked into the image: a new key pair (cache dir partly wiped) needs a new image.
+    const keyHash = createHash("sha256").update(await fs.readFile(pubkey)).digest("hex").slice(0, 8);
+    const prefix = `micro${opts.noAgent ? "-noagent" : ""}-`;
+    const image = path.join(dir, `${prefix}${hash}-${keyHash}.qcow2`);
     if (!(await exists(image))) {
       const tmp = `${image}.tmp-${process.pid}`;
       const workdir = await fs.mkdtemp(path.join(dir, "work-"));
@@ -168,6 +171,7 @@ async function ensureMicroImageUncached(hash: string, opts: MicroOptions): Promi
         });
         await fs.chmod(tmp, 0o444);
         await fs.rename(tmp, image);
+        await pruneOldImages(dir, prefix, image);
       } finally {
         await fs.rm(workdir, { recursive: true, force: true });
         await fs.rm(tmp, { force: true });
@@ -176,6 +180,21 @@ async function ensureMicroImageUncached(hash: string, opts: MicroOptions): Promi
     return { image, key, pubkey };
   } finally {
     await release();
+  }
+}
+
+/**
+ * Images of older contents of layers/micro are dead weight (~37 MB each) once a new one exists. Keep
+ * those used in the last hour: a test run that started before the change may still make children.
+ */
+async function pruneOldImages(dir: string, prefix: string, keep: string): Promise<void> {
+  const hourAgo = Date.now() - 3_600_000;
+  for (const name of await fs.readdir(dir)) {
+    const p = path.join(dir, name);
+    // micro-HASH-KEY.qcow2 must not match micro-noagent-HASH-KEY.qcow2.
+    if (!new RegExp(`^${prefix}[0-9a-f]{16}-[0-9a-f]{8}\\.qcow2$`).test(name) || p === keep) continue;
+    const st = await fs.stat(p).catch(() => undefined);
+    if (st && st.atimeMs < hourAgo && st.mtimeMs < hourAgo) await fs.rm(p, { force: true });
   }
 }
 
