@@ -29,11 +29,12 @@ import * as path from "node:path";
 import type { Layer, LayerKind } from "../project/types.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
+import { SMALL_FILE } from "./statcache.js";
 import type { StatCache } from "./statcache.js";
 import type { InputManifest, NodeKey } from "./types.js";
 
 export const FORMAT_VERSION = "1";
-/** Files hashed at once on a cold cache: enough to keep libuv's threads and the disk busy. */
+/** Large files streamed at once on a cold cache: enough to keep libuv's threads and the disk busy. */
 const HASH_CONCURRENCY = 16;
 
 const EXEC = fsc.S_IXUSR | fsc.S_IXGRP | fsc.S_IXOTH;
@@ -163,6 +164,74 @@ function walkLayer(layer: Layer): Walk {
   return w;
 }
 
+/** Files hashed synchronously between two yields to the event loop (so aborts and signals get through). */
+const SYNC_BATCH = 64;
+
+const yieldToLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+export interface LayerFiles {
+  /** "file:", "link:", "dir:" entries of the layer. */
+  manifest: InputManifest;
+  /** sha256 of the canonical JSON of `manifest`: how the files enter every node key of this layer. */
+  digest: string;
+}
+
+/**
+ * The file part of the manifest of each given layer, hashing only what the stat cache cannot vouch
+ * for. Throws one DbuildError for every unreadable file, dangling symlink or symlink loop found.
+ */
+export async function layerManifests(
+  layers: Iterable<Layer>,
+  cache: StatCache,
+  signal?: AbortSignal,
+): Promise<Map<string, LayerFiles>> {
+  const walks = [...layers].map(walkLayer);
+  const problems = walks.flatMap((w) => w.problems);
+  if (problems.length) throw new DbuildError(problems);
+  const small: { w: Walk; f: PendingFile }[] = [];
+  const large: { w: Walk; f: PendingFile }[] = [];
+  const put = (w: Walk, f: PendingFile, digest: string): void => {
+    w.manifest[f.name] = (f.st.mode & EXEC) !== 0 ? `${digest}:x` : digest;
+  };
+  const unreadable = (w: Walk, f: PendingFile, e: unknown): void => {
+    problems.push({ reason: "unreadable", where: relWhere(w.layer, f.name.slice(5)), message: `cannot read: ${(e as Error).message}` });
+  };
+  for (const w of walks) {
+    for (const f of w.files) {
+      const hit = cache.lookup(f.abs, f.st);
+      if (hit !== undefined) put(w, f, hit);
+      else (f.st.size <= SMALL_FILE ? small : large).push({ w, f });
+    }
+  }
+  const bigJobs = pool(
+    large,
+    HASH_CONCURRENCY,
+    async ({ w, f }) => {
+      try {
+        put(w, f, await cache.hash(f.abs, f.st));
+      } catch (e) {
+        unreadable(w, f, e);
+      }
+    },
+    signal,
+  );
+  for (let i = 0; i < small.length; i++) {
+    if (i % SYNC_BATCH === SYNC_BATCH - 1) {
+      await yieldToLoop();
+      signal?.throwIfAborted();
+    }
+    const { w, f } = small[i]!;
+    try {
+      put(w, f, cache.hashSync(f.abs, f.st));
+    } catch (e) {
+      unreadable(w, f, e);
+    }
+  }
+  await bigJobs;
+  if (problems.length) throw new DbuildError(problems);
+  return new Map(walks.map((w) => [w.layer.name, { manifest: w.manifest, digest: sha256(canonicalJson(w.manifest)) }]));
+}
+
 async function pool<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>, signal?: AbortSignal): Promise<void> {
   let next = 0;
   const worker = async (): Promise<void> => {
@@ -175,36 +244,7 @@ async function pool<T>(items: readonly T[], n: number, fn: (item: T) => Promise<
   await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
 }
 
-/**
- * The file part of the manifest of each given layer ("file:", "link:", "dir:" entries), hashing only
- * what the stat cache cannot vouch for. Throws one DbuildError for every unreadable file, dangling
- * symlink or symlink loop found.
- */
-export async function layerManifests(
-  layers: Iterable<Layer>,
-  cache: StatCache,
-  signal?: AbortSignal,
-): Promise<Map<string, InputManifest>> {
-  const walks = [...layers].map(walkLayer);
-  const problems = walks.flatMap((w) => w.problems);
-  if (problems.length) throw new DbuildError(problems);
-  const jobs = walks.flatMap((w) => w.files.map((f) => ({ w, f })));
-  await pool(
-    jobs,
-    HASH_CONCURRENCY,
-    async ({ w, f }) => {
-      try {
-        const digest = await cache.digest(f.abs, f.st);
-        w.manifest[f.name] = (f.st.mode & EXEC) !== 0 ? `${digest}:x` : digest;
-      } catch (e) {
-        problems.push({ reason: "unreadable", where: relWhere(w.layer, f.name.slice(5)), message: `cannot read: ${(e as Error).message}` });
-      }
-    },
-    signal,
-  );
-  if (problems.length) throw new DbuildError(problems);
-  return new Map(walks.map((w) => [w.layer.name, w.manifest]));
-}
+const sha256 = (s: string): string => createHash("sha256").update(s).digest("hex");
 
 export interface NodeInputArgs {
   kind: LayerKind;
@@ -215,12 +255,16 @@ export interface NodeInputArgs {
   project?: Record<string, string>;
 }
 
-export function nodeInputs(a: NodeInputArgs): InputManifest {
+/** The manifest entries of a node other than its files. */
+export function nodeScalars(a: Omit<NodeInputArgs, "files">): InputManifest {
   const m: InputManifest = { format: FORMAT_VERSION, kind: a.kind, layer: a.layer, parent: a.parentKey ?? "" };
-  Object.assign(m, a.files);
   for (const [k, v] of Object.entries(a.settings)) m[`setting:${k}`] = v;
   for (const [k, v] of Object.entries(a.project ?? {})) m[`project:${k}`] = v;
   return m;
+}
+
+export function nodeInputs(a: NodeInputArgs): InputManifest {
+  return { ...nodeScalars(a), ...a.files };
 }
 
 /** Canonical JSON: keys in code-unit order, so the same manifest always gives the same bytes. */
@@ -231,6 +275,22 @@ export function canonicalJson(m: InputManifest): string {
   return JSON.stringify(o);
 }
 
+const isFileEntry = (k: string): boolean => k.startsWith("file:") || k.startsWith("link:") || k.startsWith("dir:");
+
+/**
+ * The node key: sha256 of one canonical JSON of the manifest, where the file entries ("file:",
+ * "link:", "dir:") enter as the sha256 of their own canonical JSON under the name "files". Hundreds of
+ * nodes share a layer, so its files are serialised once per layer, not once per node; the key still
+ * depends on every file entry and on nothing else.
+ */
 export function nodeKey(m: InputManifest): NodeKey {
-  return createHash("sha256").update(canonicalJson(m)).digest("hex") as NodeKey;
+  const files: InputManifest = {};
+  const rest: InputManifest = {};
+  for (const [k, v] of Object.entries(m)) (isFileEntry(k) ? files : rest)[k] = v;
+  return nodeKeyFrom(rest, sha256(canonicalJson(files)));
+}
+
+/** nodeKey for a manifest given as its non-file entries plus the digest of its file entries. */
+export function nodeKeyFrom(nonFile: InputManifest, filesDigest: string): NodeKey {
+  return sha256(canonicalJson({ ...nonFile, files: filesDigest })) as NodeKey;
 }

@@ -9,10 +9,10 @@ import type { Layer, Project, Target } from "../project/types.js";
 import type { StoreView } from "../store/types.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
-import { layerManifests, nodeInputs, nodeKey } from "./fingerprint.js";
+import { layerManifests, nodeKeyFrom, nodeScalars } from "./fingerprint.js";
 import { buildGraph, topoOrder } from "./graph.js";
 import { StatCache } from "./statcache.js";
-import type { Plan, PlanNode } from "./types.js";
+import type { InputManifest, Plan, PlanNode } from "./types.js";
 import { describeChanges, diffInputs } from "./why.js";
 
 export interface PlanOptions {
@@ -97,14 +97,13 @@ export async function makePlan(
     const parent = (g.predecessors(stack) ?? [])[0] ?? null;
     const parentNode = parent === null ? undefined : nodes.get(parent);
     const settings = nodeSettings(project, stack, layer);
-    const inputs = nodeInputs({
-      kind: layer.kind,
-      layer: layer.name,
-      parentKey: parentNode?.key ?? null,
-      files: manifests.get(layer.name)!,
-      settings,
-    });
-    const key = nodeKey(inputs);
+    const files = manifests.get(layer.name)!;
+    const scalars = nodeScalars({ kind: layer.kind, layer: layer.name, parentKey: parentNode?.key ?? null, settings });
+    const key = nodeKeyFrom(scalars, files.digest);
+    // The flat manifest (hundreds of entries per node, shared by every node of a layer) is only needed
+    // for diffs and records: build it on first use, not for each of thousands of fresh nodes.
+    let flat: InputManifest | undefined;
+    const inputs = (): InputManifest => (flat ??= { ...scalars, ...files.manifest });
     const image = userPath(project.root, store.viewPath(stack));
     const fresh = await store.viewShows(stack, key);
     const reasons: string[] = [];
@@ -121,7 +120,7 @@ export async function makePlan(
           parentStale: parentNode?.status === "stale",
           ...(t ? { targetFile: t.stack, targetKeys: new Set(Object.keys(t.settings)) } : {}),
         };
-        const changes = diffInputs(current.inputs, inputs);
+        const changes = diffInputs(current.inputs, inputs());
         reasons.push(...(changes.length ? describeChanges(changes, ctx) : ["inputs changed"]));
       }
     }
@@ -131,7 +130,7 @@ export async function makePlan(
       kind: layer.kind,
       parent,
       key,
-      inputs,
+      inputs: {},
       status: fresh ? "fresh" : "stale",
       reasons,
       image,
@@ -139,6 +138,7 @@ export async function makePlan(
       targets: targetsOf.get(stack) ?? [],
       steps: buildSteps(layer, parent),
     };
+    Object.defineProperty(node, "inputs", { get: inputs, enumerable: true, configurable: true });
     if (!fresh) {
       const d = await store.lastDuration(stack);
       if (d !== undefined) node.lastDuration = d;

@@ -8,7 +8,7 @@
  * moment we looked is not trusted on the next run (it is simply not stored, so it gets hashed again).
  */
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { createReadStream, readFileSync } from "node:fs";
 import type { Stats } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
@@ -17,7 +17,7 @@ import type { FileDigest } from "./types.js";
 const VERSION = 1;
 const RACY_MS = 100;
 /** Files up to this size are read in one call; larger ones are streamed. */
-const SMALL_FILE = 1 << 20;
+export const SMALL_FILE = 1 << 20;
 
 /** [size, mtimeMs, ctimeMs, ino, sha256] */
 type Entry = [number, number, number, number, string];
@@ -43,6 +43,7 @@ export async function sha256File(file: string, size: number): Promise<FileDigest
 export class StatCache {
   private readonly entries: Map<string, Entry>;
   private readonly seen = new Set<string>();
+  private readonly rootSlash: string;
   private dirty = false;
   readonly stats: HashStats = { files: 0, hashed: 0, bytesHashed: 0 };
   /** Test hook: called for every file actually read. */
@@ -56,6 +57,7 @@ export class StatCache {
     entries: Map<string, Entry>,
   ) {
     this.entries = entries;
+    this.rootSlash = root.endsWith("/") ? root : `${root}/`;
   }
 
   static inMemory(root: string): StatCache {
@@ -81,28 +83,56 @@ export class StatCache {
     return new StatCache(file, root, entries);
   }
 
-  /** Digest of a file, given its stat (which must follow symlinks as the copy will). */
-  async digest(absPath: string, st: Stats): Promise<FileDigest> {
+  private keyOf(absPath: string): string {
+    return absPath.startsWith(this.rootSlash) ? absPath.slice(this.rootSlash.length) : path.relative(this.root, absPath);
+  }
+
+  /** The cached digest if size, mtime, ctime and inode all match; never reads the file. */
+  lookup(absPath: string, st: Stats): FileDigest | undefined {
     this.stats.files++;
-    const key = path.relative(this.root, absPath);
+    const key = this.keyOf(absPath);
     this.seen.add(key);
     const e = this.entries.get(key);
-    if (e && e[0] === st.size && e[1] === st.mtimeMs && e[2] === st.ctimeMs && e[3] === st.ino) {
-      return e[4] as FileDigest;
-    }
-    const lookedAt = Date.now();
+    if (e && e[0] === st.size && e[1] === st.mtimeMs && e[2] === st.ctimeMs && e[3] === st.ino) return e[4] as FileDigest;
+    return undefined;
+  }
+
+  /** Record a digest computed from `st` (taken before reading) at time `lookedAt`. */
+  private store(absPath: string, st: Stats, digest: FileDigest, lookedAt: number): void {
+    const key = this.keyOf(absPath);
     this.stats.hashed++;
     this.stats.bytesHashed += st.size;
-    this.onHash?.(key);
-    const digest = await sha256File(absPath, st.size);
     if (lookedAt - Math.max(st.mtimeMs, st.ctimeMs) >= RACY_MS) {
       this.entries.set(key, [st.size, st.mtimeMs, st.ctimeMs, st.ino, digest]);
       this.dirty = true;
-    } else if (e) {
-      this.entries.delete(key);
+    } else if (this.entries.delete(key)) {
       this.dirty = true;
     }
+  }
+
+  /**
+   * Hash a file the cache could not vouch for. Small files are read synchronously: on a cold plan of
+   * thousands of ~10 KB files, a thread-pool round trip per file costs more than the read itself.
+   */
+  hashSync(absPath: string, st: Stats): FileDigest {
+    const lookedAt = Date.now();
+    this.onHash?.(this.keyOf(absPath));
+    const digest = createHash("sha256").update(readFileSync(absPath)).digest("hex") as FileDigest;
+    this.store(absPath, st, digest, lookedAt);
     return digest;
+  }
+
+  async hash(absPath: string, st: Stats): Promise<FileDigest> {
+    const lookedAt = Date.now();
+    this.onHash?.(this.keyOf(absPath));
+    const digest = await sha256File(absPath, st.size);
+    this.store(absPath, st, digest, lookedAt);
+    return digest;
+  }
+
+  /** Digest of a file, given its stat (which must follow symlinks as the copy will). */
+  async digest(absPath: string, st: Stats): Promise<FileDigest> {
+    return this.lookup(absPath, st) ?? this.hash(absPath, st);
   }
 
   /**

@@ -10,10 +10,14 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
-import { layerYaml, projectYaml } from "./schema.js";
 import { LAYER_NAME, parseStack } from "./stack.js";
 import type { Layer, LayerConfig, LayerKind, Project, ProjectSettings, Target } from "./types.js";
-import { parseYamlFile } from "./yaml.js";
+
+// yaml and zod take longer to load than a warm plan takes to run; most layers have no layer.yaml, so
+// they are loaded on first use only.
+let yamlTools: Promise<[typeof import("./yaml.js"), typeof import("./schema.js")]> | undefined;
+const loadYamlTools = (): Promise<[typeof import("./yaml.js"), typeof import("./schema.js")]> =>
+  (yamlTools ??= Promise.all([import("./yaml.js"), import("./schema.js")]));
 
 export const PROJECT_FILE = "demobuild.yaml";
 export const LAYER_FILE = "layer.yaml";
@@ -66,6 +70,7 @@ async function loadSettings(root: string, problems: Problem[]): Promise<{ settin
     problems.push({ reason: "unreadable", where: PROJECT_FILE, message: `cannot read: ${(e as Error).message}` });
     return { settings, file };
   }
+  const [{ parseYamlFile }, { projectYaml }] = await loadYamlTools();
   const r = parseYamlFile(text, PROJECT_FILE, projectYaml);
   problems.push(...r.problems);
   const y = r.value;
@@ -102,6 +107,7 @@ async function loadLayer(root: string, name: string, problems: Problem[]): Promi
   try {
     const text = await fs.readFile(configFile, "utf8");
     hasConfig = true;
+    const [{ parseYamlFile }, { layerYaml }] = await loadYamlTools();
     const r = parseYamlFile(text, `${rel}/${LAYER_FILE}`, layerYaml);
     problems.push(...r.problems);
     locate = r.locate;
