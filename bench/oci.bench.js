@@ -103,13 +103,24 @@ function makeLayout(dir, file, digest, size, key) {
   );
 }
 
+const cpu = { ourPush: [], skoPush: [], ourPull: [], skoPull: [] };
+
+/** Runs skopeo copy; returns its CPU seconds (user + sys) as bash's `time` reports them. */
 function skopeo(args) {
-  execFileSync("skopeo", ["copy", "--quiet", ...args], { stdio: ["ignore", "ignore", "inherit"] });
+  const quoted = args.map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(" ");
+  const out = execFileSync("bash", ["-c", `TIMEFORMAT='%U %S'; { time skopeo copy --quiet ${quoted} >/dev/null; } 2>&1`], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  return out.trim().split(/\s+/).slice(-2).map(Number).reduce((a, b) => a + b, 0);
 }
 
-async function timed(fn) {
+async function timed(fn, cpuList) {
   const t0 = process.hrtime.bigint();
-  await fn();
+  const c0 = process.cpuUsage();
+  const r = await fn();
+  const c = process.cpuUsage(c0);
+  cpuList?.push(typeof r === "number" ? r : (c.user + c.system) / 1e6);
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
@@ -133,18 +144,18 @@ async function main() {
       const host = `127.0.0.1:${reg.port}`;
       const ours = async () => {
         // Digest known, as skopeo knows it from its layout's manifest (and the store records it at publish).
-        t.ourPush.push(await timed(() => new OciClient(`oci://${host}/bench-dbuild`).pushNodeImage({ key, stack: "bench", layer: "bench", parentKey: null, file, digest })));
+        t.ourPush.push(await timed(() => new OciClient(`oci://${host}/bench-dbuild`).pushNodeImage({ key, stack: "bench", layer: "bench", parentKey: null, file, digest }), cpu.ourPush));
         // Digest unknown: one more read of the file to hash it before the existence check.
         t.ourPushHash.push(await timed(() => new OciClient(`oci://${host}/bench-dbuild-h`).pushNodeImage({ key, stack: "bench", layer: "bench", parentKey: null, file })));
         const dest = path.join(rdir, "pulled.qcow2");
-        t.ourPull.push(await timed(() => new OciClient(`oci://${host}/bench-dbuild`).pullNodeImage(key, dest)));
+        t.ourPull.push(await timed(() => new OciClient(`oci://${host}/bench-dbuild`).pullNodeImage(key, dest), cpu.ourPull));
         if (sha256(dest) !== digest) throw new Error("dbuild pull returned different bytes");
         fs.rmSync(dest);
       };
       const theirs = async () => {
-        t.skoPush.push(await timed(() => skopeo(["--dest-tls-verify=false", `oci:${layout}:${key}`, `docker://${host}/bench-skopeo:${key}`])));
+        t.skoPush.push(await timed(() => skopeo(["--dest-tls-verify=false", `oci:${layout}:${key}`, `docker://${host}/bench-skopeo:${key}`]), cpu.skoPush));
         const out = path.join(rdir, "skopeo-out");
-        t.skoPull.push(await timed(() => skopeo(["--src-tls-verify=false", `docker://${host}/bench-skopeo:${key}`, `oci:${out}:${key}`])));
+        t.skoPull.push(await timed(() => skopeo(["--src-tls-verify=false", `docker://${host}/bench-skopeo:${key}`, `oci:${out}:${key}`]), cpu.skoPull));
         fs.rmSync(out, { recursive: true });
       };
       if (round % 2 === 0) {
@@ -182,6 +193,9 @@ dbuild is faster; goal >= 0.9). The machine is shared: read the ratios, not the 
 ${row("push", t.ourPush, t.skoPush)}
 ${row("push incl. hashing", t.ourPushHash, t.skoPush)}
 ${row("pull", t.ourPull, t.skoPull)}
+
+CPU seconds of the client process (user + sys, median; the registry's share is the same for both): push
+dbuild ${median(cpu.ourPush).toFixed(2)} vs skopeo ${median(cpu.skoPush).toFixed(2)}, pull dbuild ${median(cpu.ourPull).toFixed(2)} vs skopeo ${median(cpu.skoPull).toFixed(2)}.
 
 Machine load during the run (1-min load average, 2 cores): ${os.loadavg()[0].toFixed(1)}.
 Raw seconds: dbuild push ${t.ourPush.map((x) => x.toFixed(2)).join(", ")}; with hashing ${t.ourPushHash.map((x) => x.toFixed(2)).join(", ")}; skopeo push ${t.skoPush.map((x) => x.toFixed(2)).join(", ")};

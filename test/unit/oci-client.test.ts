@@ -4,7 +4,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -359,8 +359,15 @@ describe("OciClient against a fake registry", () => {
     expect((await readdir(dir)).filter((f) => f.includes("pulled"))).toEqual([]);
     expect(reg.count("GET", "/v2/")).toBe(1); // corruption at rest is not retried
 
+    // more bytes than the manifest declared: stopped, not written out
+    reg.blobs.set(digest, Buffer.concat([good, Buffer.alloc(3 * MiB)]));
+    const long = problem(await caught(new OciClient(reg.url, fast).pullBlobToFile(digest, dest, { size: good.length })));
+    expect(long.reason).toBe("digest-mismatch");
+    expect(existsSync(dest)).toBe(false);
+
     reg.blobs.set(digest, good);
     expect(await new OciClient(reg.url, fast).pullBlobToFile(digest, dest)).toEqual({ digest, size: good.length });
+    expect((await readFile(dest)).equals(good)).toBe(true);
   });
 
   it("detects a manifest whose digest does not match the registry's header", async () => {
