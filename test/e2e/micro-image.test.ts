@@ -10,7 +10,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildMicroImage, ensureMicroImage, makeChild, testCacheDir, type MicroImage } from "../helpers/micro.js";
+import { buildMicroImage, ensureMicroImage, makeChild, repoDir, testCacheDir, type MicroImage } from "../helpers/micro.js";
 
 let tmp: string;
 let micro: MicroImage;
@@ -141,7 +141,7 @@ describe("micro image", () => {
     expect(check.exitCode).toBe(0);
   }, 120_000);
 
-  it("boots by itself, answers the agent and ssh, and powers off on `poweroff`", async () => {
+  it("boots by itself, answers the agent and ssh, runs vm-functions, and powers off on `poweroff`", async () => {
     const child = await makeChild(micro.image, tmp);
     const port = await freePort();
     const agentSock = path.join(tmp, "qga.sock");
@@ -189,6 +189,34 @@ describe("micro image", () => {
       expect(stdout).toMatch(/^ID=dbuild-micro$/m);
       expect(stdout).toMatch(/rsync\s+version/);
       expect(stdout).toMatch(/fstrim/);
+
+      // utils/vm-functions as a layer uses it: a boot service in micro's /etc/rc.d convention (started
+      // here by hand, as rcS would at boot), and a user the test key logs in as.
+      const vmf = await fs.readFile(path.join(repoDir, "utils", "vm-functions"), "utf8");
+      const layer = await execa(
+        "ssh",
+        sshArgs(
+          port,
+          [
+            "mkdir -p /tmp/layer && cat >/tmp/layer/vm-functions && cd /tmp/layer && . ./vm-functions",
+            "mkdir -p /srv/www && echo served-by-micro >/srv/www/index.html",
+            "add_boot_service web httpd -f -p 8080 -h /srv/www",
+            "add_user alice",
+            "have rsync || die 'no rsync'",
+            "for s in /etc/rc.d/S*; do [ -x \"$s\" ] && \"$s\" start; done",
+            "sleep 1; wget -qO- http://127.0.0.1:8080/",
+          ].join(" && "),
+        ),
+        { input: vmf, reject: false, timeout: 30_000 },
+      );
+      expect(layer.exitCode, `layer commands failed: ${layer.stderr}`).toBe(0);
+      expect(layer.stdout).toMatch(/\[layer\] boot service web: 'httpd' '-f' '-p' '8080'/);
+      expect(layer.stdout).toMatch(/^served-by-micro$/m);
+      const alice = await execa("ssh", sshArgs(port, "id -un").map((a) => (a === "root@127.0.0.1" ? "alice@127.0.0.1" : a)), {
+        reject: false,
+        timeout: 15_000,
+      });
+      expect(alice.stdout.trim()).toBe("alice");
 
       const tOff = Date.now();
       await execa("ssh", sshArgs(port, "poweroff"), { reject: false, timeout: 15_000 });
