@@ -6,7 +6,7 @@
  * Images are streamed from and to files, never held whole in memory; every pulled blob's sha256 is checked
  * while it streams and a bad one never reaches its destination path.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, randomBytes, type Hash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { open, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
@@ -96,6 +96,8 @@ export interface TransferOptions {
 export interface PushBlobOptions extends TransferOptions {
   /** The file's sha256 digest (`sha256:HEX`) when the caller knows it already: saves reading the file twice. */
   digest?: string;
+  /** Ask the registry first whether it has the blob (default true). */
+  checkExists?: boolean;
 }
 
 export interface BlobResult {
@@ -126,9 +128,13 @@ export interface PushNodeInput extends NodeArtifact {
 }
 
 export interface PushedNode {
+  /** The image blob's digest and size (the registry's, when `existed`). */
   digest: string;
   size: number;
+  /** True when bytes were sent; false when the blob or the whole node was there already. */
   uploaded: boolean;
+  /** True when the registry had an artifact for this key already and nothing was pushed. */
+  existed: boolean;
   manifestDigest: string;
 }
 
@@ -489,16 +495,25 @@ export class OciClient {
     });
   }
 
-  /** Uploads a file as a blob unless the registry has it; chunked PATCHes for big files, one PUT for small ones. */
+  /**
+   * Uploads a file as a blob unless the registry has it (chunked PATCHes for big files, one PUT for small
+   * ones). Without `opts.digest` the file is read once to hash it before the existence check, unless
+   * `opts.checkExists` is false: then it is hashed while it is sent, in one read.
+   */
   async pushBlobFromFile(path: string, opts: PushBlobOptions = {}): Promise<BlobResult> {
     const { size } = await stat(path);
+    const open = (start: number, end: number, onBytes: (n: number) => void): AsyncIterable<Uint8Array> => fileRange(path, start, end, onBytes);
+    if (opts.digest === undefined && opts.checkExists === false) {
+      const digest = await this.upload(undefined, size, open, opts, path);
+      return { digest, size, uploaded: true };
+    }
     const digest = opts.digest ?? (await sha256File(path, opts.signal));
     checkDigest(digest);
-    if (await this.hasBlob(digest, opts)) {
+    if (opts.checkExists !== false && (await this.hasBlob(digest, opts))) {
       opts.onProgress?.(size, size);
       return { digest, size, uploaded: false };
     }
-    await this.upload(digest, size, (start, end, onBytes) => fileRange(path, start, end, onBytes), opts);
+    await this.upload(digest, size, open, opts, path);
     return { digest, size, uploaded: true };
   }
 
@@ -519,15 +534,21 @@ export class OciClient {
     return { digest, size: bytes.length, uploaded: true };
   }
 
+  /**
+   * One upload with retries. Without a digest the data is hashed as it is sent (one read of the file,
+   * not two) and the session is always chunked, since a monolithic PUT names the digest before the body.
+   */
   private async upload(
-    digest: string,
+    known: string | undefined,
     size: number,
     open: (start: number, end: number, onBytes: (n: number) => void) => AsyncIterable<Uint8Array>,
     opts: TransferOptions,
-  ): Promise<void> {
+    source?: string,
+  ): Promise<string> {
+    const what = `pushing ${source ?? `blob ${short(known ?? "")}`} (${known && source ? `${short(known)}, ` : ""}${sizeText(size)})`;
     // A failed attempt starts over with a new upload session: a half-written session cannot be trusted
     // after the connection that wrote it broke.
-    await this.step(`pushing blob ${short(digest)} (${sizeText(size)})`, true, opts.signal, async () => {
+    return this.step(what, true, opts.signal, async () => {
       let done = 0;
       let kick: () => void = () => undefined;
       const onBytes = (n: number): void => {
@@ -544,22 +565,30 @@ export class OciClient {
       const session = { location: this.location(started.res) };
       const minChunk = Number(started.res.headers.get("oci-chunk-min-length") ?? "0") || 0;
       const stall = this.opts.stallTimeoutMs ?? 60_000;
+      // The hash of every byte the registry has accepted; a chunk's bytes join it only once its PATCH
+      // succeeded, because a re-sent chunk (after a 401) is read again from its start.
+      let accepted = createHash("sha256");
+      let sending = accepted;
       const data = (start: number, end: number): Omit<SendInit, "expect"> => ({
         push: true,
         signal: opts.signal,
         timeoutMs: stall,
         onWatchdog: (k) => (kick = k),
-        body: () => open(start, end, onBytes),
+        body: () => {
+          if (known) return open(start, end, onBytes);
+          const h = accepted.copy();
+          sending = h;
+          return hashing(open(start, end, onBytes), h);
+        },
       });
       try {
-        if (size <= (this.opts.monolithicMax ?? 16 * MiB)) {
-          const { headers, ...rest } = data(0, size);
-          await this.send("PUT", withDigest(session.location, digest), {
-            ...rest,
+        if (known && size <= (this.opts.monolithicMax ?? 16 * MiB)) {
+          await this.send("PUT", withDigest(session.location, known), {
+            ...data(0, size),
             expect: [201],
-            headers: { ...headers, "content-type": "application/octet-stream", "content-length": String(size) },
+            headers: { "content-type": "application/octet-stream", "content-length": String(size) },
           });
-          return;
+          return known;
         }
         const chunk = Math.max(this.chunkSize, minChunk);
         for (let start = 0; start < size; start += chunk) {
@@ -574,7 +603,9 @@ export class OciClient {
             },
           });
           session.location = this.location(patched.res);
+          accepted = sending;
         }
+        const digest = known ?? `sha256:${accepted.digest("hex")}`;
         await this.send("PUT", withDigest(session.location, digest), {
           expect: [201],
           push: true,
@@ -582,6 +613,7 @@ export class OciClient {
           timeoutMs: stall,
           headers: { "content-length": "0" },
         });
+        return digest;
       } catch (e) {
         // Free the registry's half-written session now rather than at its purge interval (best effort).
         if (!opts.signal?.aborted) await this.cancelUpload(session.location);
@@ -768,16 +800,28 @@ export class OciClient {
     return this.hasManifest(key, opts);
   }
 
-  /** Pushes a node's qcow2 delta as an artifact tagged with its key. The blob upload is skipped if present. */
-  async pushNodeImage(node: PushNodeInput, opts: TransferOptions = {}): Promise<PushedNode> {
+  /**
+   * Pushes a node's qcow2 delta as an artifact tagged with its key. If the registry has the key already,
+   * nothing is pushed (`existed`): VM builds are not reproducible, and replacing an image would silently
+   * break the children other runners pushed over it. `overwrite` replaces it anyway.
+   */
+  async pushNodeImage(node: PushNodeInput, opts: TransferOptions & { overwrite?: boolean } = {}): Promise<PushedNode> {
     checkNodeKey(node.key);
     if (node.parentKey !== null) checkNodeKey(node.parentKey);
     if (node.parentDigest !== undefined) checkDigest(node.parentDigest);
-    const blob = await this.pushBlobFromFile(node.file, { ...opts, ...(node.digest ? { digest: node.digest } : {}) });
+    if (!opts.overwrite) {
+      const existing = await this.getManifest(node.key, opts);
+      if (existing) {
+        const info = readNodeManifest(this.ref.url, node.key, existing.manifest);
+        return { digest: info.digest, size: info.size, uploaded: false, existed: true, manifestDigest: existing.digest };
+      }
+    }
+    // A new key's image is new content, so hash it while sending rather than in a pass of its own.
+    const blob = await this.pushBlobFromFile(node.file, { ...opts, ...(node.digest ? { digest: node.digest } : { checkExists: false }) });
     await this.pushBlobBytes(Buffer.from("{}"), { ...(opts.signal ? { signal: opts.signal } : {}) });
     const manifest = nodeManifest(node, blob);
     const manifestDigest = await this.putManifest(node.key, manifest, opts);
-    return { digest: blob.digest, size: blob.size, uploaded: blob.uploaded, manifestDigest };
+    return { digest: blob.digest, size: blob.size, uploaded: blob.uploaded, existed: false, manifestDigest };
   }
 
   /**
@@ -824,6 +868,13 @@ async function writeVerified(body: ReadableStream<Uint8Array>, path: string, onC
   } finally {
     await pending.catch(() => undefined);
     await fh.close();
+  }
+}
+
+async function* hashing(src: AsyncIterable<Uint8Array>, hash: Hash): AsyncGenerator<Uint8Array> {
+  for await (const chunk of src) {
+    hash.update(chunk);
+    yield chunk;
   }
 }
 

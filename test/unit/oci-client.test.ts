@@ -254,6 +254,25 @@ describe("OciClient against a fake registry", () => {
     expect(reg.seen.map((s) => s.method)).toEqual(["HEAD"]);
   });
 
+  it("hashes while sending when asked not to check first, even when a chunk is sent twice", async () => {
+    const { path, data } = await file("onepass.bin", 3 * MiB + 5);
+    reg.auth = "bearer";
+    let patches = 0;
+    // the token "expires" during the second chunk: that chunk is read and sent again after re-auth
+    reg.faults.push((req, res) => {
+      if (req.method !== "PATCH" || ++patches !== 2) return false;
+      res.writeHead(401, { "www-authenticate": `Bearer realm="http://127.0.0.1:${reg.port}/token",service="fake"` }).end();
+      return true;
+    });
+    const client = new OciClient(reg.url, { ...fast, chunkSize: MiB, credentials: { username: "ci", password: "pw" } });
+    const r = await client.pushBlobFromFile(path, { checkExists: false });
+    expect(r).toEqual({ digest: sha(data), size: data.length, uploaded: true });
+    expect(reg.blobs.get(sha(data))!.equals(data)).toBe(true);
+    expect(reg.count("HEAD", "/v2/")).toBe(0);
+    expect(reg.count("POST", "/v2/")).toBe(2); // the first one was answered 401
+    expect(reg.count("PATCH", "/v2/")).toBe(5); // 4 chunks, the second twice
+  });
+
   it("uploads a small file in one PUT", async () => {
     const { path, data } = await file("small.bin", 100 * KiB);
     await new OciClient(reg.url, fast).pushBlobFromFile(path);
@@ -425,6 +444,12 @@ describe("OciClient against a fake registry", () => {
     const got = await client.pullNodeImage(key, dest);
     expect(got).toMatchObject({ key, stack: "micro:web", layer: "web", parentKey, parentDigest, digest: sha(data), size: data.length });
     expect(got!.annotations["org.opencontainers.image.title"]).toBe("micro-web.qcow2");
+
+    // first writer wins: the key is there, so nothing is uploaded again
+    reg.seen = [];
+    const again = await client.pushNodeImage({ key, stack: "micro:web", layer: "web", parentKey, parentDigest, file: path });
+    expect(again).toMatchObject({ existed: true, uploaded: false, digest: sha(data) });
+    expect(reg.seen.map((s) => s.method)).toEqual(["GET"]);
 
     const other = "d".repeat(64);
     reg.manifests.set(other, reg.manifests.get(key)!);
