@@ -198,7 +198,7 @@ CPU seconds of the client process (user + sys, median; the registry's share is t
 dbuild ${median(cpu.ourPush).toFixed(2)} vs skopeo ${median(cpu.skoPush).toFixed(2)}, pull dbuild ${median(cpu.ourPull).toFixed(2)} vs skopeo ${median(cpu.skoPull).toFixed(2)}.
 
 Machine load during the run (1-min load average, 2 cores): ${os.loadavg()[0].toFixed(1)}.
-Raw seconds: dbuild push ${t.ourPush.map((x) => x.toFixed(2)).join(", ")}; with hashing ${t.ourPushHash.map((x) => x.toFixed(2)).join(", ")}; skopeo push ${t.skoPush.map((x) => x.toFixed(2)).join(", ")};
+Raw seconds: dbuild push ${t.ourPush.map((x) => x.toFixed(2)).join(", ")}; digest unknown ${t.ourPushHash.map((x) => x.toFixed(2)).join(", ")}; skopeo push ${t.skoPush.map((x) => x.toFixed(2)).join(", ")};
 dbuild pull ${t.ourPull.map((x) => x.toFixed(2)).join(", ")}; skopeo pull ${t.skoPull.map((x) => x.toFixed(2)).join(", ")}.
 `;
     fs.mkdirSync(path.join(root, "docs", "bench"), { recursive: true });
