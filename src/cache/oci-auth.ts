@@ -6,6 +6,7 @@
 import { readFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
+import { execa } from "execa";
 
 export interface Challenge {
   /** Lower-cased auth scheme: "bearer", "basic", ... */
@@ -105,11 +106,23 @@ interface DockerAuthEntry {
   password?: unknown;
 }
 
+export interface CredentialOptions {
+  /** Environment for credential helpers (PATH finds `docker-credential-NAME`). */
+  env?: NodeJS.ProcessEnv;
+  signal?: AbortSignal;
+  /** Limit for one credential helper run, default 10 s (a locked keychain may prompt and hang). */
+  helperTimeoutMs?: number;
+}
+
 /**
- * Credentials for `authority` (`host[:port]`) from a Docker config file, or undefined when the file or an
- * entry is missing. Credential helpers (`credsStore`, `credHelpers`) are not consulted.
+ * Credentials for `authority` (`host[:port]`) from a Docker config file, or undefined when there are none.
+ * Looks where docker does: a per-registry `credHelpers` entry, then the `auths` entry, then `credsStore`.
  */
-export async function dockerCredentials(authority: string, configPath = dockerConfigPath()): Promise<Credentials | undefined> {
+export async function dockerCredentials(
+  authority: string,
+  configPath = dockerConfigPath(),
+  opts: CredentialOptions = {},
+): Promise<Credentials | undefined> {
   let text: string;
   try {
     text = await readFile(configPath, "utf8");
@@ -123,22 +136,55 @@ export async function dockerCredentials(authority: string, configPath = dockerCo
     return undefined;
   }
   if (typeof parsed !== "object" || parsed === null) return undefined;
-  const auths = (parsed as { auths?: unknown }).auths;
-  if (typeof auths !== "object" || auths === null) return undefined;
+  const config = parsed as { auths?: unknown; credHelpers?: unknown; credsStore?: unknown };
   const want = authority.toLowerCase();
-  for (const [key, value] of Object.entries(auths as Record<string, unknown>)) {
-    if (normaliseAuthKey(key) !== want || typeof value !== "object" || value === null) continue;
-    const entry = value as DockerAuthEntry;
-    if (typeof entry.auth === "string" && entry.auth !== "") {
-      const decoded = Buffer.from(entry.auth, "base64").toString("utf8");
-      const colon = decoded.indexOf(":");
-      if (colon > 0) return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
-    }
-    if (typeof entry.username === "string" && typeof entry.password === "string") {
-      return { username: entry.username, password: entry.password };
+
+  if (typeof config.credHelpers === "object" && config.credHelpers !== null) {
+    for (const [key, helper] of Object.entries(config.credHelpers as Record<string, unknown>)) {
+      if (normaliseAuthKey(key) === want && typeof helper === "string") return credentialHelper(helper, authority, opts);
     }
   }
+  if (typeof config.auths === "object" && config.auths !== null) {
+    for (const [key, value] of Object.entries(config.auths as Record<string, unknown>)) {
+      if (normaliseAuthKey(key) !== want || typeof value !== "object" || value === null) continue;
+      const entry = value as DockerAuthEntry;
+      if (typeof entry.auth === "string" && entry.auth !== "") {
+        const decoded = Buffer.from(entry.auth, "base64").toString("utf8");
+        const colon = decoded.indexOf(":");
+        if (colon > 0) return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+      }
+      if (typeof entry.username === "string" && typeof entry.password === "string") {
+        return { username: entry.username, password: entry.password };
+      }
+    }
+  }
+  if (typeof config.credsStore === "string" && config.credsStore !== "") return credentialHelper(config.credsStore, authority, opts);
   return undefined;
+}
+
+/**
+ * Asks `docker-credential-NAME get` (the docker credential helper protocol: server on stdin, JSON out).
+ * A helper that is missing, fails or knows no entry yields undefined; the registry's 401 then says more.
+ * Identity tokens (Username "<token>") need an OAuth2 refresh exchange, which is not supported.
+ */
+export async function credentialHelper(name: string, authority: string, opts: CredentialOptions = {}): Promise<Credentials | undefined> {
+  if (!/^[A-Za-z0-9._-]+$/.test(name)) return undefined;
+  const r = await execa(`docker-credential-${name}`, ["get"], {
+    input: authority,
+    reject: false,
+    timeout: opts.helperTimeoutMs ?? 10_000,
+    ...(opts.signal ? { cancelSignal: opts.signal } : {}),
+    ...(opts.env ? { env: opts.env, extendEnv: false } : {}),
+  });
+  opts.signal?.throwIfAborted();
+  if (r.failed || typeof r.stdout !== "string") return undefined;
+  try {
+    const out = JSON.parse(r.stdout) as { Username?: unknown; Secret?: unknown };
+    if (typeof out.Username !== "string" || typeof out.Secret !== "string" || out.Username === "<token>") return undefined;
+    return { username: out.Username, password: out.Secret };
+  } catch {
+    return undefined;
+  }
 }
 
 export function basicAuthorization(c: Credentials): string {

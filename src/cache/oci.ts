@@ -319,10 +319,12 @@ export class OciClient {
 
   // ---- low level: one HTTP exchange with auth, classification of failures ----
 
-  private async loadCredentials(): Promise<Credentials | undefined> {
+  private async loadCredentials(signal?: AbortSignal): Promise<Credentials | undefined> {
     if (this.credentials === undefined) {
       this.credentials =
-        this.opts.credentials ?? (await dockerCredentials(this.ref.authority, this.opts.dockerConfig ?? dockerConfigPath())) ?? null;
+        this.opts.credentials ??
+        (await dockerCredentials(this.ref.authority, this.opts.dockerConfig ?? dockerConfigPath(), signal ? { signal } : {})) ??
+        null;
     }
     return this.credentials ?? undefined;
   }
@@ -343,7 +345,7 @@ export class OciClient {
 
   /** Answers a 401 challenge: sets `this.authorization` or throws. */
   private async authenticate(challenges: Challenge[], push: boolean, signal?: AbortSignal): Promise<void> {
-    const creds = await this.loadCredentials();
+    const creds = await this.loadCredentials(signal);
     const bearer = challenges.find((c) => c.scheme === "bearer");
     if (bearer) {
       const scope = push ? `repository:${this.ref.repo}:pull,push` : (bearer.params.scope ?? `repository:${this.ref.repo}:pull`);

@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -73,6 +73,36 @@ describe("docker config credentials", () => {
     expect(await dockerCredentials("x", join(dir, "missing.json"))).toBeUndefined();
     await writeFile(join(dir, "bad.json"), "{not json");
     expect(await dockerCredentials("x", join(dir, "bad.json"))).toBeUndefined();
+  });
+
+  it("asks credential helpers: credHelpers first, then auths, then credsStore", async () => {
+    const bin = join(dir, "bin");
+    await mkdir(bin);
+    // a helper following the docker protocol: server name on stdin, JSON on stdout, exit 1 when unknown
+    const helper = (name: string, user: string): Promise<void> =>
+      writeFile(
+        join(bin, `docker-credential-${name}`),
+        `#!/bin/sh\n[ "$1" = get ] || exit 2\nread server\ncase "$server" in\n  *.example.com*) printf '{"ServerURL":"%s","Username":"${user}","Secret":"s-%s"}' "$server" "$server";;\n  *) echo "credentials not found in native keychain"; exit 1;;\nesac\n`,
+        { mode: 0o755 },
+      );
+    await helper("pass", "from-helper");
+    await helper("desktop", "from-store");
+    await writeFile(join(bin, "docker-credential-tok"), `#!/bin/sh\necho '{"Username":"<token>","Secret":"refresh"}'\n`, { mode: 0o755 });
+    const path = join(dir, "helpers.json");
+    await writeFile(
+      path,
+      JSON.stringify({
+        auths: { "a.example.com": { auth: Buffer.from("file:pw").toString("base64") }, "b.example.com": {} },
+        credHelpers: { "a.example.com": "pass", "t.example.com": "tok", "gone.example.com": "missing" },
+        credsStore: "desktop",
+      }),
+    );
+    const env = { PATH: `${bin}:/usr/bin:/bin` };
+    expect(await dockerCredentials("a.example.com", path, { env })).toEqual({ username: "from-helper", password: "s-a.example.com" });
+    expect(await dockerCredentials("b.example.com:5000", path, { env })).toEqual({ username: "from-store", password: "s-b.example.com:5000" });
+    expect(await dockerCredentials("other.org", path, { env })).toBeUndefined();
+    expect(await dockerCredentials("t.example.com", path, { env })).toBeUndefined();
+    expect(await dockerCredentials("gone.example.com", path, { env })).toBeUndefined();
   });
 
   it("encodes Basic authorization", () => {
