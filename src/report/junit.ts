@@ -3,6 +3,7 @@
  * failures with their step, exit code and log tail, skipped nodes as <skipped>. Written on close.
  */
 import { writeFileSync } from "node:fs";
+import { unreachable } from "../util/errors.js";
 import type { BuildEvent, Reporter } from "./events.js";
 
 interface Case {
@@ -12,10 +13,13 @@ interface Case {
   skipped?: string;
 }
 
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const CONTROL_CHARS = /[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g;
+
 function esc(s: string): string {
   return s.replace(/[<>&"']/g, (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&apos;" })[c]!)
     // XML 1.0 forbids most control characters; install output may contain them.
-    .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f]/g, "");
+    .replace(CONTROL_CHARS, "");
 }
 
 export class JunitReporter implements Reporter {
@@ -45,8 +49,13 @@ export class JunitReporter implements Reporter {
       case "build-done":
         this.duration = e.duration;
         break;
-      default:
+      case "build-start":
+      case "node-start":
+      case "step":
+      case "output":
         break;
+      default:
+        unreachable(e);
     }
   }
 
