@@ -1,0 +1,222 @@
+/**
+ * `dbuild watch` against the real micro guest: one rebuild per edit, cancellation of a build whose
+ * inputs change under it, nothing for a touch or an edit elsewhere, a clean Ctrl-C, and --shell.
+ * One watch process serves the first tests (as a user's session would), to keep VM boots few.
+ */
+import { execFileSync, type ChildProcess } from "node:child_process";
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { dbuild, startDbuild, type CliResult } from "../helpers/cli.js";
+import { makeVmProject, type VmProject } from "../helpers/vmproject.js";
+
+type Ev = CliResult["events"][number];
+
+let p: VmProject;
+
+function qemuOf(root: string): string[] {
+  try {
+    return execFileSync("pgrep", ["-af", `qemu-system.*${root}`], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+/** A running `dbuild watch --progress json`, with its events parsed as they arrive. */
+class WatchProc {
+  readonly events: Ev[] = [];
+  readonly child: ChildProcess;
+  readonly done: Promise<CliResult>;
+  private buf = "";
+  private waiters: Array<() => void> = [];
+
+  constructor(args: string[]) {
+    const s = startDbuild(["watch", "--progress", "json", "--debounce", "150", ...args], { cwd: p.root });
+    this.child = s.child;
+    this.done = s.done;
+    this.child.stdout!.on("data", (d: Buffer) => {
+      this.buf += d.toString();
+      const lines = this.buf.split("\n");
+      this.buf = lines.pop() ?? "";
+      for (const l of lines) if (l.startsWith("{")) this.events.push(JSON.parse(l) as Ev);
+      for (const w of this.waiters.splice(0)) w();
+    });
+  }
+
+  /** Wait for an event matching `pred` at index >= from; returns its index. */
+  async waitFor(pred: (e: Ev) => boolean, from: number, timeoutMs: number, what: string): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.events.findIndex((e, k) => k >= from && pred(e));
+      if (i >= 0) return i;
+      if (Date.now() > deadline || this.child.exitCode !== null) {
+        throw new Error(`no ${what} within ${timeoutMs} ms; events: ${JSON.stringify(this.events.slice(from)).slice(-3000)}`);
+      }
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, 200);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+  }
+
+  since(from: number, type: string): Ev[] {
+    return this.events.slice(from).filter((e) => e.type === type);
+  }
+
+  /** Index after the next completed cycle (watch-cycle-done or watch-unchanged) from `from`. */
+  async cycleEnd(from: number, timeoutMs = 90_000): Promise<number> {
+    return (await this.waitFor((e) => e.type === "watch-cycle-done" || e.type === "watch-unchanged", from, timeoutMs, "end of cycle")) + 1;
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+beforeAll(async () => {
+  p = await makeVmProject("dbuild-e2e-watch-");
+  await p.layer("a", "echo a > /etc/dbuild-a");
+  await p.layer("b", "echo b1 > /etc/dbuild-b");
+  await p.layer("c", "echo c > /etc/dbuild-c");
+  await p.target("micro:a:b");
+  await p.target("micro:a:c");
+  // Everything built once up front, so the watch cycles below only rebuild what an edit touches.
+  const r = await dbuild(["--progress", "json", "all"], { cwd: p.root });
+  expect(r.code, r.stderr + r.stdout.slice(-2000)).toBe(0);
+});
+
+afterAll(async () => {
+  for (const line of qemuOf(p.root)) process.kill(Number(line.split(" ")[0]), "SIGKILL");
+  await p.cleanup();
+});
+
+describe("dbuild watch layers/b", () => {
+  let w: WatchProc;
+  let at = 0;
+
+  beforeAll(async () => {
+    w = new WatchProc(["layers/b"]);
+    // Initial cycle: everything is fresh, nothing to build.
+    await w.waitFor((e) => e.type === "watch-start", 0, 30_000, "watch-start");
+    at = await w.cycleEnd(0);
+    expect(w.events[at - 1]).toMatchObject({ type: "watch-cycle-done", outcome: "up-to-date", built: [] });
+  });
+
+  afterAll(async () => {
+    if (w.child.exitCode === null) w.child.kill("SIGKILL");
+    await w.done;
+  });
+
+  it("an edit rebuilds exactly the node of that layer, once", async () => {
+    await p.write("layers/b/target/install", "#!/bin/sh\nset -e\necho b2 > /etc/dbuild-b\n", 0o755);
+    const end = await w.cycleEnd(at);
+    const done = w.events[end - 1]!;
+    expect(done, JSON.stringify(w.events.slice(at))).toMatchObject({ type: "watch-cycle-done", outcome: "done", built: ["micro:a:b"] });
+    expect(w.since(at, "watch-cycle")).toEqual([expect.objectContaining({ changed: ["layers/b/target/install"], stacks: ["micro:a:b"], rebuilding: ["micro:a:b"] })]);
+    expect(w.since(at, "node-start").map((e) => e.stack)).toEqual(["micro:a:b"]);
+    // Quiet afterwards: no second cycle for the same save.
+    await sleep(1500);
+    expect(w.since(end, "watch-cycle")).toEqual([]);
+    at = w.events.length;
+  });
+
+  it("a touch and a save without change build nothing", async () => {
+    const f = path.join(p.root, "layers/b/target/install");
+    const now = new Date();
+    await fs.utimes(f, now, now);
+    const end = await w.cycleEnd(at, 15_000);
+    expect(w.events[end - 1]).toMatchObject({ type: "watch-unchanged", changed: ["layers/b/target/install"] });
+    await fs.writeFile(f, await fs.readFile(f)); // same bytes
+    const end2 = await w.cycleEnd(end, 15_000);
+    expect(w.events[end2 - 1]!.type).toBe("watch-unchanged");
+    await sleep(1000);
+    expect(w.since(at, "build-start")).toEqual([]);
+    expect(w.since(at, "watch-cycle")).toEqual([]);
+    at = w.events.length;
+  });
+
+  it("an edit to another layer, to the build dir or an editor's swap file is not even seen", async () => {
+    await p.write("layers/c/target/install", "#!/bin/sh\necho c2 > /etc/dbuild-c\n", 0o755);
+    await p.write("build/stray-file", "x");
+    const swap = path.join(p.root, "layers/b/target/.install.swp");
+    await fs.writeFile(swap, "swap");
+    await sleep(1500);
+    expect(w.events.slice(at)).toEqual([]);
+    // The planner fingerprints every file of the layer, swap files included: gone before the next edit.
+    await fs.rm(swap);
+    await sleep(500);
+    expect(w.events.slice(at)).toEqual([]);
+  });
+
+  it("an edit during a build cancels it (no image published) and builds the new content once", async () => {
+    await p.write("layers/b/target/install", "#!/bin/sh\nset -e\necho started-slow\nsleep 60\necho b3 > /etc/dbuild-b\n", 0o755);
+    const viewBefore = await fs.readlink(path.join(p.root, "build", "micro:a:b.qcow2"));
+    // Wait until the slow install is really running in the VM.
+    await w.waitFor((e) => e.type === "output" && e.line === "started-slow", at, 90_000, "slow install running");
+    await p.write("layers/b/target/install", "#!/bin/sh\nset -e\necho b4 > /etc/dbuild-b\n", 0o755);
+    const end1 = await w.cycleEnd(at);
+    expect(w.events[end1 - 1]).toMatchObject({ type: "watch-cycle-done", outcome: "cancelled" });
+    expect(await fs.readlink(path.join(p.root, "build", "micro:a:b.qcow2"))).toBe(viewBefore);
+    const end2 = await w.cycleEnd(end1);
+    expect(w.events[end2 - 1]).toMatchObject({ type: "watch-cycle-done", outcome: "done", built: ["micro:a:b"] });
+    expect(w.since(at, "watch-cycle")).toHaveLength(2);
+    expect(w.since(at, "node-done").map((e) => e.stack)).toEqual(["micro:a:b"]);
+    // The cancelled VM is gone: only (at most) nothing of ours is left running.
+    expect(qemuOf(p.root)).toEqual([]);
+    at = end2;
+  });
+
+  it("a failing install is summarised and watching goes on", async () => {
+    await p.write("layers/b/target/install", "#!/bin/sh\necho about-to-fail\nexit 7\n", 0o755);
+    const end = await w.cycleEnd(at);
+    expect(w.events[end - 1]).toMatchObject({ type: "watch-cycle-done", outcome: "failed", failed: ["micro:a:b"] });
+    expect(w.since(at, "node-failed")[0]).toMatchObject({ stack: "micro:a:b", step: "install", exitCode: 7 });
+    await p.write("layers/b/target/install", "#!/bin/sh\necho b5 > /etc/dbuild-b\n", 0o755);
+    const end2 = await w.cycleEnd(end);
+    expect(w.events[end2 - 1]).toMatchObject({ type: "watch-cycle-done", outcome: "done", built: ["micro:a:b"] });
+    at = end2;
+  });
+
+  it("SIGINT during a build: exit 130, no QEMU left, nothing published", async () => {
+    await p.write("layers/b/target/install", "#!/bin/sh\nset -e\necho started-slow\nsleep 60\n", 0o755);
+    const viewBefore = await fs.readlink(path.join(p.root, "build", "micro:a:b.qcow2"));
+    await w.waitFor((e) => e.type === "output" && e.line === "started-slow", at, 90_000, "slow install running");
+    w.child.kill("SIGINT");
+    const r = await w.done;
+    expect(r.code, r.stderr).toBe(130);
+    expect(w.events.at(-1)).toMatchObject({ type: "watch-stop" });
+    expect(qemuOf(p.root)).toEqual([]);
+    expect(await fs.readlink(path.join(p.root, "build", "micro:a:b.qcow2"))).toBe(viewBefore);
+    expect(await fs.readdir(path.join(p.root, "build", ".dbuild", "tmp"))).toEqual([]);
+    // The lock was released: a build can run at once.
+    await p.write("layers/b/target/install", "#!/bin/sh\necho b6 > /etc/dbuild-b\n", 0o755);
+  });
+});
+
+describe("dbuild watch --shell", () => {
+  it("after a rebuild a throwaway VM of the stack runs the new content; Ctrl-C stops it", async () => {
+    const w = new WatchProc(["layers/b", "--shell"]);
+    try {
+      // The previous describe left layers/b edited and unbuilt: the initial cycle builds it, then boots a shell.
+      const i = await w.waitFor((e) => e.type === "watch-shell", 0, 120_000, "shell");
+      const sh = w.events[i]!;
+      expect(sh).toMatchObject({ stack: "micro:a:b" });
+      expect(w.since(0, "node-done").map((e) => e.stack)).toEqual(["micro:a:b"]);
+      const out = await dbuild(["ssh", String(sh.disk), "cat /etc/dbuild-b"], { cwd: p.root });
+      expect(out.code, out.stderr).toBe(0);
+      expect(out.stdout.trim()).toBe("b6");
+      // The snapshot is not in the build dir.
+      expect(path.relative(path.join(p.root, "build"), String(sh.disk)).startsWith("..")).toBe(true);
+      w.child.kill("SIGINT");
+      const r = await w.done;
+      expect(r.code).toBe(130);
+      expect(qemuOf(p.root)).toEqual([]);
+      expect(qemuOf(String(sh.disk))).toEqual([]);
+      await expect(fs.stat(String(sh.disk))).rejects.toThrow();
+    } finally {
+      if (w.child.exitCode === null) w.child.kill("SIGKILL");
+      await w.done;
+    }
+  });
+});
