@@ -4,7 +4,9 @@
  * project in one pass instead of one error per run.
  */
 import { constants as fsc } from "node:fs";
-import * as fs from "node:fs/promises";
+// Synchronous fs on purpose: a project is hundreds of tiny files, and a thread-pool round trip per
+// stat or read costs more than the call itself (see docs/bench/plan.md).
+import * as fs from "node:fs";
 import type { Stats } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -40,17 +42,17 @@ export function defaultSettings(root: string): ProjectSettings {
   };
 }
 
-async function lstatOrUndefined(p: string): Promise<Stats | undefined> {
+function lstatOrUndefined(p: string): Stats | undefined {
   try {
-    return await fs.lstat(p);
+    return fs.lstatSync(p);
   } catch {
     return undefined;
   }
 }
 
-async function statOrUndefined(p: string): Promise<Stats | undefined> {
+function statOrUndefined(p: string): Stats | undefined {
   try {
-    return await fs.stat(p);
+    return fs.statSync(p);
   } catch {
     return undefined;
   }
@@ -64,7 +66,7 @@ async function loadSettings(root: string, problems: Problem[]): Promise<{ settin
   const file = path.join(root, PROJECT_FILE);
   let text: string;
   try {
-    text = await fs.readFile(file, "utf8");
+    text = fs.readFileSync(file, "utf8");
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return { settings };
     problems.push({ reason: "unreadable", where: PROJECT_FILE, message: `cannot read: ${(e as Error).message}` });
@@ -105,7 +107,7 @@ async function loadLayer(root: string, name: string, problems: Problem[]): Promi
   let ok = true;
   let locate: ((p: readonly (string | number)[]) => string) | undefined;
   try {
-    const text = await fs.readFile(configFile, "utf8");
+    const text = fs.readFileSync(configFile, "utf8");
     hasConfig = true;
     const [{ parseYamlFile }, { layerYaml }] = await loadYamlTools();
     const r = parseYamlFile(text, `${rel}/${LAYER_FILE}`, layerYaml);
@@ -121,15 +123,13 @@ async function loadLayer(root: string, name: string, problems: Problem[]): Promi
     }
   }
 
-  const [installL, installS, convertS, targetS] = await Promise.all([
-    lstatOrUndefined(path.join(dir, "install")),
-    statOrUndefined(path.join(dir, "install")),
-    statOrUndefined(path.join(dir, "convert")),
-    statOrUndefined(path.join(dir, "target")),
-  ]);
+  const installL = lstatOrUndefined(path.join(dir, "install"));
+  const installS = installL?.isSymbolicLink() ? statOrUndefined(path.join(dir, "install")) : installL;
+  const convertS = statOrUndefined(path.join(dir, "convert"));
+  const targetS = statOrUndefined(path.join(dir, "target"));
   let installIsAddlayer = false;
   if (installL?.isSymbolicLink()) {
-    const link = await fs.readlink(path.join(dir, "install"));
+    const link = fs.readlinkSync(path.join(dir, "install"));
     installIsAddlayer = path.basename(link) === "addlayer.sh";
   }
   const hasConvert = isExecutableFile(convertS);
@@ -199,7 +199,7 @@ async function loadLayers(root: string, problems: Problem[]): Promise<Map<string
   const dir = path.join(root, "layers");
   let names: string[];
   try {
-    names = (await fs.readdir(dir)).filter((n) => !n.startsWith(".")).sort();
+    names = fs.readdirSync(dir).filter((n) => !n.startsWith(".")).sort();
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== "ENOENT") {
       problems.push({ reason: "unreadable", where: "layers", message: `cannot read: ${(e as Error).message}` });
@@ -208,7 +208,7 @@ async function loadLayers(root: string, problems: Problem[]): Promise<Map<string
   }
   const loaded = await Promise.all(
     names.map(async (name) => {
-      const st = await statOrUndefined(path.join(dir, name));
+      const st = statOrUndefined(path.join(dir, name));
       if (!st?.isDirectory()) return undefined;
       if (!LAYER_NAME.test(name)) {
         problems.push({
@@ -274,11 +274,11 @@ export function parseTargetFile(text: string, relFile: string, problems: Problem
 
 const isIgnoredTargetName = (n: string): boolean => n.startsWith(".") || /^README/i.test(n) || n.toLowerCase().endsWith(".md");
 
-async function loadTargets(root: string, layers: Map<string, Layer>, problems: Problem[]): Promise<Target[]> {
+function loadTargets(root: string, layers: Map<string, Layer>, problems: Problem[]): Target[] {
   const dir = path.join(root, "targets");
   let names: string[];
   try {
-    names = (await fs.readdir(dir)).filter((n) => !isIgnoredTargetName(n)).sort();
+    names = fs.readdirSync(dir).filter((n) => !isIgnoredTargetName(n)).sort();
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== "ENOENT") {
       problems.push({ reason: "unreadable", where: "targets", message: `cannot read: ${(e as Error).message}` });
@@ -288,10 +288,10 @@ async function loadTargets(root: string, layers: Map<string, Layer>, problems: P
   const targets: Target[] = [];
   for (const name of names) {
     const file = path.join(dir, name);
-    const st = await statOrUndefined(file);
+    const st = statOrUndefined(file);
     if (!st?.isFile()) continue;
     const rel = `targets/${name}`;
-    const parsed = parseTargetFile(await fs.readFile(file, "utf8"), rel, problems);
+    const parsed = parseTargetFile(fs.readFileSync(file, "utf8"), rel, problems);
     const stack = parseStack(name, layers, rel);
     if (Array.isArray(stack)) problems.push(...stack);
     targets.push({ stack: name, file, ...parsed });
@@ -305,12 +305,12 @@ async function loadTargets(root: string, layers: Map<string, Layer>, problems: P
 export async function loadProject(root: string): Promise<Project> {
   const abs = path.resolve(root);
   const problems: Problem[] = [];
-  const st = await statOrUndefined(abs);
+  const st = statOrUndefined(abs);
   if (!st?.isDirectory()) {
     throw new DbuildError({ reason: "no-project", where: abs, message: "not a directory", hint: "run dbuild in a project directory or pass --dir" });
   }
   const [{ settings, file }, layers] = await Promise.all([loadSettings(abs, problems), loadLayers(abs, problems)]);
-  const targets = await loadTargets(abs, layers, problems);
+  const targets = loadTargets(abs, layers, problems);
   if (problems.length) throw new DbuildError(sortProblems(problems));
   const project: Project = { root: abs, settings, layers, targets };
   if (file) project.configFile = file;
