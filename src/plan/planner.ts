@@ -138,7 +138,14 @@ export async function makePlan(
       targets: targetsOf.get(stack) ?? [],
       steps: buildSteps(layer, parent),
     };
-    Object.defineProperty(node, "inputs", { get: inputs, enumerable: true, configurable: true });
+    Object.defineProperty(node, "inputs", {
+      get: inputs,
+      set: (v: InputManifest) => {
+        flat = v;
+      },
+      enumerable: true,
+      configurable: true,
+    });
     if (!fresh) {
       const d = await store.lastDuration(stack);
       if (d !== undefined) node.lastDuration = d;

@@ -198,3 +198,18 @@ describe("rendering", () => {
     await expect(planAndPrint(fx.root, "all", { json: true, dot: true }, store)).rejects.toThrow(/--json and --dot/);
   });
 });
+
+describe("node inputs", () => {
+  it("are the flat manifest the key was computed from, built on demand and assignable", async () => {
+    const { nodeKey } = await import("../../src/plan/fingerprint.js");
+    const plan = await replan();
+    for (const n of plan.nodes) expect(nodeKey(n.inputs)).toBe(n.key);
+    const web = plan.nodes.find((n) => n.stack === "micro:web")!;
+    expect(web.inputs).toMatchObject({ format: "1", kind: "intermediate", layer: "web", parent: plan.nodes[0]!.key, "link:install": "../../utils/addlayer.sh", "dir:target/etc": "dir" });
+    expect(web.inputs["file:target/install"]).toMatch(/^[0-9a-f]{64}:x$/);
+    expect(web.inputs["file:target/etc/httpd.conf"]).toMatch(/^[0-9a-f]{64}$/);
+    expect(JSON.parse(JSON.stringify(web)).inputs).toEqual(web.inputs);
+    web.inputs = { a: "b" };
+    expect(web.inputs).toEqual({ a: "b" });
+  });
+});
