@@ -302,6 +302,10 @@ export function registerVmCommands(program: Command): void {
         });
         process.off("SIGINT", onSig);
         process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath: key, port: vm.sshPort, user: "root", host: vm.sshHost, command: [], tty: true }));
+      } catch (e) {
+        if (!ac.signal.aborted) throw e;
+        process.stderr.write("interrupted\n");
+        process.exitCode = 130;
       } finally {
         process.off("SIGINT", onSig);
         if (vm) await vm.kill();
