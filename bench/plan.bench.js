@@ -107,6 +107,13 @@ process.stdout.write(JSON.stringify({ load: t1 - t0, plan: t2 - t1, nodes: plan.
 
 // Wall time and CPU time (user + sys, from the shell's `times`) of one process. CPU time barely moves
 // when other work shares the machine; wall time does.
+// The floor for any Node planner: start node, walk the tree, stat every file; nothing else.
+const FLOOR = `
+import * as fs from "node:fs";
+const walk = (d) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) { const p = d + "/" + e.name; if (e.isDirectory()) walk(p); else fs.statSync(p); } };
+walk(process.argv[2] + "/layers");
+`;
+
 function timeProcess(cmd, args, opts = {}) {
   const t0 = process.hrtime.bigint();
   const r = spawnSync("sh", ["-c", '"$0" "$@"; s=$?; times >&2; exit $s', cmd, ...args], { encoding: "utf8", maxBuffer: 1 << 28, ...opts });
@@ -144,6 +151,8 @@ try {
 
   const runner = path.join(os.tmpdir(), `dbuild-plan-bench-${process.pid}.mjs`);
   fs.writeFileSync(runner, RUNNER);
+  const floorScript = path.join(os.tmpdir(), `dbuild-plan-bench-floor-${process.pid}.mjs`);
+  fs.writeFileSync(floorScript, FLOOR);
   const statcache = path.join(root, "build", ".dbuild", "statcache.json");
   const plan = () => {
     const r = timeProcess(process.execPath, [runner, root]);
@@ -154,6 +163,7 @@ try {
   const warm = [];
   const gitStatus = [];
   const sha = [];
+  const floor = [];
   let nodes = 0;
   let files = 0;
   for (let i = 0; i < ROUNDS; i++) {
@@ -167,9 +177,11 @@ try {
     if (wr.stats.hashed !== 0) throw new Error(`warm plan re-read ${wr.stats.hashed} files`);
     warm.push(wr);
     gitStatus.push(timeProcess("git", ["-C", root, "status", "--porcelain"]));
+    floor.push(timeProcess(process.execPath, [floorScript, root]));
     sha.push(timeProcess("sh", ["-c", `cd '${root}' && xargs -0 sha256sum < '${listFile}' > /dev/null`]));
   }
   fs.rmSync(runner);
+  fs.rmSync(floorScript);
   fs.rmSync(listFile);
 
   const r = {
@@ -184,6 +196,8 @@ try {
     warmCpu: median(warm.map((x) => x.cpu)),
     gitCpu: median(gitStatus.map((x) => x.cpu)),
     shaCpu: median(sha.map((x) => x.cpu)),
+    floor: median(floor.map((x) => x.ms)),
+    floorCpu: median(floor.map((x) => x.cpu)),
   };
   const load = os.loadavg()[0].toFixed(1);
   const warmRatio = r.warm / r.git;
@@ -199,6 +213,7 @@ Median of ${ROUNDS} runs, each a whole process (node startup and module loading 
 |---|---|---|---|---|---|
 | warm no-op plan (stat cache hit for every file) | ${fmt(r.warm)} | ${warmRatio.toFixed(2)}x \`git status\` | ${fmt(r.warmCpu)} | ${(r.warmCpu / r.gitCpu).toFixed(2)}x | <= 2x: ${ok(warmRatio, 2)} |
 | \`git status --porcelain\` on the same tree | ${fmt(r.git)} | 1x | ${fmt(r.gitCpu)} | 1x | |
+| floor for Node: start node, readdir + statSync every file, nothing else | ${fmt(r.floor)} | ${(r.floor / r.git).toFixed(2)}x | ${fmt(r.floorCpu)} | ${(r.floorCpu / r.gitCpu).toFixed(2)}x | |
 | cold plan (no stat cache: every file hashed) | ${fmt(r.cold)} | ${coldRatio.toFixed(2)}x \`sha256sum\` | ${fmt(r.coldCpu)} | ${(r.coldCpu / r.shaCpu).toFixed(2)}x | <= 1.5x: ${ok(coldRatio, 1.5)} |
 | \`find layers -type f -print0 \\| xargs -0 sha256sum\` | ${fmt(r.sha)} | 1x | ${fmt(r.shaCpu)} | 1x | |
 

@@ -19,8 +19,8 @@ const RACY_MS = 100;
 /** Files up to this size are read in one call; larger ones are streamed. */
 export const SMALL_FILE = 1 << 20;
 
-/** [size, mtimeMs, ctimeMs, ino, sha256] */
-type Entry = [number, number, number, number, string];
+/** [size, mtimeMs, ctimeMs, ino, sha256], plus in memory a 1 once looked at in this run. */
+type Entry = [number, number, number, number, string, number?];
 
 export interface HashStats {
   /** Files whose digest was asked for. */
@@ -42,7 +42,6 @@ export async function sha256File(file: string, size: number): Promise<FileDigest
 
 export class StatCache {
   private readonly entries: Map<string, Entry>;
-  private readonly seen = new Set<string>();
   private readonly rootSlash: string;
   private dirty = false;
   readonly stats: HashStats = { files: 0, hashed: 0, bytesHashed: 0 };
@@ -90,9 +89,9 @@ export class StatCache {
   /** The cached digest if size, mtime, ctime and inode all match; never reads the file. */
   lookup(absPath: string, st: Stats): FileDigest | undefined {
     this.stats.files++;
-    const key = this.keyOf(absPath);
-    this.seen.add(key);
-    const e = this.entries.get(key);
+    const e = this.entries.get(this.keyOf(absPath));
+    // Marking the entry itself (rather than a set of keys) saves hashing every path twice.
+    if (e) e[5] = 1;
     if (e && e[0] === st.size && e[1] === st.mtimeMs && e[2] === st.ctimeMs && e[3] === st.ino) return e[4] as FileDigest;
     return undefined;
   }
@@ -103,7 +102,7 @@ export class StatCache {
     this.stats.hashed++;
     this.stats.bytesHashed += st.size;
     if (lookedAt - Math.max(st.mtimeMs, st.ctimeMs) >= RACY_MS) {
-      this.entries.set(key, [st.size, st.mtimeMs, st.ctimeMs, st.ino, digest]);
+      this.entries.set(key, [st.size, st.mtimeMs, st.ctimeMs, st.ino, digest, 1]);
       this.dirty = true;
     } else if (this.entries.delete(key)) {
       this.dirty = true;
@@ -141,7 +140,7 @@ export class StatCache {
    */
   async save(): Promise<void> {
     if (!this.file) return;
-    const unseen = [...this.entries.keys()].filter((k) => !this.seen.has(k));
+    const unseen = [...this.entries].filter(([, e]) => e[5] !== 1).map(([k]) => k);
     await Promise.all(
       unseen.map(async (k) => {
         try {
@@ -155,7 +154,9 @@ export class StatCache {
     if (!this.dirty) return;
     await fs.mkdir(path.dirname(this.file), { recursive: true });
     const tmp = `${this.file}.${process.pid}.${Date.now()}.tmp`;
-    const obj = { version: VERSION, root: this.root, entries: Object.fromEntries(this.entries) };
+    const entries: Record<string, Entry> = {};
+    for (const [k, e] of this.entries) entries[k] = [e[0], e[1], e[2], e[3], e[4]];
+    const obj = { version: VERSION, root: this.root, entries };
     try {
       await fs.writeFile(tmp, JSON.stringify(obj));
       await fs.rename(tmp, this.file);
