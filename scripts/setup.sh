@@ -12,10 +12,11 @@ sudo=""
 # Host tools: QEMU and qemu-img (VMs), OpenSSH + rsync (layer transfer), and what the micro base layer
 # and the finalizing layers use on the host: apt-get download (needs fresh package lists), e2fsprogs
 # (mkfs.ext4 -d), fdisk (sfdisk), syslinux + mtools + dosfstools (the boot partition), cpio (initramfs),
-# xz/zstd (kernel modules). Tests also start a real OCI registry (docker-registry) and use skopeo.
+# xz/zstd (kernel modules). Tests also start a real OCI registry (docker-registry), use skopeo, and
+# check OVF descriptors with xmllint (libxml2-utils).
 packages=(qemu-system-x86 qemu-utils rsync openssh-client e2fsprogs fdisk syslinux syslinux-common mtools
   dosfstools cpio xz-utils zstd tar gzip ca-certificates)
-[ "$what" = test ] && packages+=(docker-registry skopeo git)
+[ "$what" = test ] && packages+=(docker-registry skopeo git libxml2-utils)
 
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq

@@ -315,6 +315,7 @@ async function applyLayerInVm(
         serialLog: store.logPath(node.stack).replace(/\.log$/, ".console.log"),
         runDir,
         bootTimeoutMs: s.timeouts.boot * 1000,
+        accelCacheFile: path.join(store.internalDir, "accel.json"),
         signal,
       });
     } catch (e) {

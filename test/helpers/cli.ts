@@ -28,10 +28,15 @@ export function startDbuild(args: string[], opts: { cwd: string; env?: Record<st
   child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
   const done = new Promise<CliResult>((resolve) => {
     child.on("close", (code) => {
-      const events = stdout
-        .split("\n")
-        .filter((l) => l.startsWith("{"))
-        .map((l) => JSON.parse(l) as CliResult["events"][number]);
+      const events: CliResult["events"] = [];
+      for (const l of stdout.split("\n")) {
+        if (!l.startsWith("{")) continue;
+        try {
+          events.push(JSON.parse(l) as CliResult["events"][number]);
+        } catch {
+          // not an NDJSON event (e.g. pretty-printed `plan --json`)
+        }
+      }
       resolve({ code, stdout, stderr, events });
     });
   });

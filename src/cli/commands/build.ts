@@ -154,12 +154,13 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
 export function registerBuildCommands(program: Command): void {
   addBuildOptions(
     program.command("all").description("build every stack named in targets/ (parents first, only stale nodes)"),
-  ).action(async (o: BuildCliOptions, cmd: Command) => {
-    process.exitCode = await runBuild(projectRoot(cmd), "all", o);
+  ).action(async (_o: BuildCliOptions, cmd: Command) => {
+    process.exitCode = await runBuild(projectRoot(cmd), "all", cmd.optsWithGlobals<BuildCliOptions>());
   });
   addBuildOptions(
     program.command("build").description("build the named stacks (or all targets with no argument)").argument("[stacks...]"),
-  ).action(async (stacks: string[], o: BuildCliOptions, cmd: Command) => {
-    process.exitCode = await runBuild(projectRoot(cmd), stacks.length ? stacks : "all", o);
+  ).action(async (stacks: string[], _o: BuildCliOptions, cmd: Command) => {
+    // optsWithGlobals: `dbuild --progress json build X` means the same as `dbuild build X --progress json`.
+    process.exitCode = await runBuild(projectRoot(cmd), stacks.length ? stacks : "all", cmd.optsWithGlobals<BuildCliOptions>());
   });
 }
