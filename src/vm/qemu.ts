@@ -372,11 +372,15 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
       if (signal.aborted) throw abortError(signal);
       attemptCtl = new AbortController();
       const both = AbortSignal.any([signal, attemptCtl.signal]);
+      const started = Date.now();
       try {
         await vm.agent.sync({ timeoutMs: 1000, signal: both });
         break;
       } catch (e) {
         if (signal.aborted) throw e;
+        // An attempt that fails at once (socket closed because QEMU died) must not spin in microtasks:
+        // that would starve the event loop, so QEMU's exit event would never be seen. Yield a little.
+        if (Date.now() - started < 50) await delay(50, signal);
       }
     }
     vm.timings.agent = Date.now() - t0;
