@@ -145,7 +145,7 @@ try {
   const git = (...a) => execFileSync("git", ["-C", root, ...a], { stdio: ["ignore", "ignore", "inherit"] });
   git("init", "-q");
   git("add", "-A");
-  git("-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "bench");
+  git("-c", "user.name=bench", "-c", "user.email=bench@localhost", "-c", "gc.auto=0", "commit", "-qm", "bench");
   const listFile = path.join(os.tmpdir(), `dbuild-plan-bench-files-${process.pid}`);
   execFileSync("sh", ["-c", `cd '${root}' && find layers -type f -print0 > '${listFile}'`]);
 
@@ -230,5 +230,5 @@ PLAN_BENCH_ROUNDS).
   fs.writeFileSync(path.join(repo, "docs", "bench", "plan.md"), md);
   console.log(md);
 } finally {
-  if (!process.env.PLAN_BENCH_KEEP) fs.rmSync(root, { recursive: true, force: true });
+  if (!process.env.PLAN_BENCH_KEEP) fs.rmSync(root, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
 }
