@@ -7,37 +7,11 @@ import { execFileSync, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { startVm } from "../dist/vm/qemu.js";
 import { freeTcpPort, releasePort } from "../dist/vm/ports.js";
+import { median, microImage, writeSection } from "./lib.js";
 
-const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
-const cache = process.env.DBUILD_TEST_CACHE ?? path.join(os.tmpdir(), "dbuild-test-cache");
-
-function microImage() {
-  const pick = () =>
-    fs.existsSync(cache)
-      ? fs
-          .readdirSync(cache)
-          .filter((f) => /^micro-[0-9a-f]+\.qcow2$/.test(f))
-          .map((f) => path.join(cache, f))
-          .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)[0]
-      : undefined;
-  let img = pick();
-  if (!img) {
-    // Build it through the test helper (vitest compiles TypeScript helpers for us).
-    execFileSync("npx", ["vitest", "run", "test/e2e/vm-lifecycle.test.ts"], { cwd: root, stdio: "inherit" });
-    img = pick();
-  }
-  if (!img) throw new Error(`no micro image in ${cache}`);
-  return { image: img, key: path.join(cache, "test-key") };
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 function child(dir, image, name) {
   const p = path.join(dir, name);
@@ -122,6 +96,4 @@ ${rows.ours.map((r, i) => `${r.exit.toFixed(0)}/${rows.floor[i].exit.toFixed(0)}
 startVm() also waits for the guest agent and the guest's IP before SSH (the floor does not), and its shutdown
 uses QMP system_powerdown rather than an SSH round trip.
 `;
-fs.mkdirSync(path.join(root, "docs", "bench"), { recursive: true });
-fs.writeFileSync(path.join(root, "docs", "bench", "vm.md"), md);
-console.log(md);
+writeSection("vm", md);
