@@ -27,6 +27,8 @@ export const OCI_EMPTY = "application/vnd.oci.empty.v1+json";
 export const OCI_EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 export const DBUILD_ARTIFACT_TYPE = "application/vnd.dbuild.layer.v1";
 export const DBUILD_QCOW2 = "application/vnd.dbuild.layer.v1.qcow2";
+/** A finalizing node's deliverable (the output of its `convert`), as a second layer next to the qcow2. */
+export const DBUILD_DELIVERABLE = "application/vnd.dbuild.deliverable.v1";
 
 export const ANNOTATION = {
   title: "org.opencontainers.image.title",
@@ -36,6 +38,10 @@ export const ANNOTATION = {
   parentKey: "dev.dbuild.parent-key",
   parentDigest: "dev.dbuild.parent-digest",
   key: "dev.dbuild.key",
+  /** Seconds the node took to build where it was built (for plan estimates on the puller). */
+  duration: "dev.dbuild.duration",
+  /** File extension of a deliverable layer (`qcow2`, `box`, `ova`, ...). */
+  extension: "dev.dbuild.extension",
 } as const;
 
 const MANIFEST_ACCEPT = [
@@ -118,6 +124,8 @@ export interface NodeArtifact {
    * bytes it was written over, so a puller checks this against the parent it has.
    */
   parentDigest?: string;
+  /** Build duration in seconds, recorded as an annotation. */
+  duration?: number;
 }
 
 export interface PushNodeInput extends NodeArtifact {
@@ -125,6 +133,8 @@ export interface PushNodeInput extends NodeArtifact {
   file: string;
   /** Its sha256 (`sha256:HEX`) if known. */
   digest?: string;
+  /** Finalizing nodes: the deliverable file and its extension, pushed as a second layer. */
+  deliverable?: { file: string; ext: string; digest?: string };
 }
 
 export interface PushedNode {
@@ -150,6 +160,10 @@ export interface PulledNode {
   size: number;
   /** All manifest annotations, for display. */
   annotations: Record<string, string>;
+  /** Build duration in seconds where it was built, when annotated. */
+  duration: number | null;
+  /** The deliverable layer of a finalizing node, when it was pushed with one. */
+  deliverable: { digest: string; size: number; ext: string } | null;
 }
 
 /** A registry answer that retrying will not change (4xx other than 401/429). */
@@ -820,8 +834,15 @@ export class OciClient {
     }
     // A new key's image is new content, so hash it while sending rather than in a pass of its own.
     const blob = await this.pushBlobFromFile(node.file, { ...opts, ...(node.digest ? { digest: node.digest } : { checkExists: false }) });
+    let deliv: { digest: string; size: number; ext: string } | undefined;
+    if (node.deliverable) {
+      const d = node.deliverable;
+      const r = await this.pushBlobFromFile(d.file, { ...opts, ...(d.digest ? { digest: d.digest } : { checkExists: false }) });
+      deliv = { digest: r.digest, size: r.size, ext: d.ext };
+    }
     await this.pushBlobBytes(Buffer.from("{}"), { ...(opts.signal ? { signal: opts.signal } : {}) });
-    const manifest = nodeManifest(node, blob);
+    // The manifest goes last: a tag only ever names an artifact whose blobs are all in the registry.
+    const manifest = nodeManifest(node, blob, deliv);
     const manifestDigest = await this.putManifest(node.key, manifest, opts);
     return { digest: blob.digest, size: blob.size, uploaded: blob.uploaded, existed: false, manifestDigest };
   }
@@ -838,6 +859,12 @@ export class OciClient {
     const info = readNodeManifest(this.ref.url, key, found.manifest);
     await this.pullBlobToFile(info.digest, destFile, { ...opts, size: info.size });
     return info;
+  }
+
+  /** Pulls the deliverable layer of a node read by pullNodeImage into `destFile` (verified; atomic). */
+  async pullDeliverable(info: PulledNode, destFile: string, opts: TransferOptions = {}): Promise<void> {
+    if (!info.deliverable) throw new Error(`node ${info.key} has no deliverable layer`);
+    await this.pullBlobToFile(info.deliverable.digest, destFile, { ...opts, size: info.deliverable.size });
   }
 }
 
@@ -902,7 +929,11 @@ function imageTitle(stack: string): string {
 }
 
 /** The OCI manifest that describes one node image. */
-export function nodeManifest(node: NodeArtifact, blob: { digest: string; size: number }): ImageManifest {
+export function nodeManifest(
+  node: NodeArtifact,
+  blob: { digest: string; size: number },
+  deliverable?: { digest: string; size: number; ext: string },
+): ImageManifest {
   const annotations: Record<string, string> = {
     [ANNOTATION.title]: imageTitle(node.stack),
     [ANNOTATION.stack]: node.stack,
@@ -911,19 +942,29 @@ export function nodeManifest(node: NodeArtifact, blob: { digest: string; size: n
   };
   if (node.parentKey !== null) annotations[ANNOTATION.parentKey] = node.parentKey;
   if (node.parentDigest !== undefined) annotations[ANNOTATION.parentDigest] = node.parentDigest;
+  if (node.duration !== undefined) annotations[ANNOTATION.duration] = String(Math.round(node.duration * 1000) / 1000);
+  const layers: Descriptor[] = [
+    {
+      mediaType: DBUILD_QCOW2,
+      digest: blob.digest,
+      size: blob.size,
+      annotations: { [ANNOTATION.title]: imageTitle(node.stack) },
+    },
+  ];
+  if (deliverable) {
+    layers.push({
+      mediaType: DBUILD_DELIVERABLE,
+      digest: deliverable.digest,
+      size: deliverable.size,
+      annotations: { [ANNOTATION.title]: `${imageTitle(node.stack).replace(/\.qcow2$/, "")}.${deliverable.ext}`, [ANNOTATION.extension]: deliverable.ext },
+    });
+  }
   return {
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
     artifactType: DBUILD_ARTIFACT_TYPE,
     config: { mediaType: OCI_EMPTY, digest: OCI_EMPTY_DIGEST, size: 2, data: "e30=" },
-    layers: [
-      {
-        mediaType: DBUILD_QCOW2,
-        digest: blob.digest,
-        size: blob.size,
-        annotations: { [ANNOTATION.title]: imageTitle(node.stack) },
-      },
-    ],
+    layers,
     annotations,
   };
 }
@@ -948,6 +989,12 @@ export function readNodeManifest(where: string, key: string, manifest: ImageMani
   if (parent !== undefined && !NODE_KEY.test(parent)) throw bad(`the parent key annotation is not a key: ${parent}`);
   const parentDigest = a[ANNOTATION.parentDigest];
   if (parentDigest !== undefined && !SHA256_DIGEST.test(parentDigest)) throw bad(`the parent digest annotation is not a sha256 digest: ${parentDigest}`);
+  const dur = a[ANNOTATION.duration] !== undefined ? Number(a[ANNOTATION.duration]) : NaN;
+  const dl = manifest.layers.find((l) => l.mediaType === DBUILD_DELIVERABLE);
+  const ext = dl?.annotations?.[ANNOTATION.extension];
+  if (dl && (!SHA256_DIGEST.test(dl.digest) || !Number.isSafeInteger(dl.size) || dl.size < 0 || !ext || !/^[A-Za-z0-9._-]+$/.test(ext))) {
+    throw bad("the deliverable layer is malformed");
+  }
   return {
     key: key as NodeKey,
     stack,
@@ -957,5 +1004,7 @@ export function readNodeManifest(where: string, key: string, manifest: ImageMani
     digest: layer.digest,
     size: layer.size,
     annotations: { ...a },
+    duration: Number.isFinite(dur) && dur >= 0 ? dur : null,
+    deliverable: dl && ext ? { digest: dl.digest, size: dl.size, ext } : null,
   };
 }

@@ -41,6 +41,8 @@ export interface PlanNode {
   steps: string[];
   /** Seconds the last build of this stack took, when the store knows (stale nodes only). */
   lastDuration?: number;
+  /** Stale nodes, when a remote cache was asked: does it hold an image for this key? */
+  remote?: "hit" | "miss";
 }
 
 export interface Plan {

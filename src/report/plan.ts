@@ -45,6 +45,8 @@ export function renderPlanText(plan: Plan, opts: TextOptions = {}): string {
     const body = inner + (children.length ? "│    " : "     ");
     if (n.status === "stale") {
       for (const r of n.reasons) lines.push(`${body}${c.dim("why:")} ${r}`);
+      if (n.remote === "hit") lines.push(`${body}${c.dim("cache:")} hit (pulled instead of built, if its parent image matches)`);
+      else if (n.remote === "miss") lines.push(`${body}${c.dim("cache:")} miss`);
       lines.push(`${body}${c.dim("run:")} ${n.steps.join(" → ")}`);
       if (n.lastDuration !== undefined) lines.push(`${body}${c.dim("est:")} ~${formatDuration(n.lastDuration)} (last build)`);
     }
@@ -81,6 +83,7 @@ export function planToJson(plan: Plan): object {
       settings: n.settings,
       steps: n.steps,
       ...(n.lastDuration !== undefined ? { lastDuration: n.lastDuration } : {}),
+      ...(n.remote !== undefined ? { remote: n.remote } : {}),
     })),
     targets: plan.targets,
   };

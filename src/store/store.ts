@@ -17,8 +17,8 @@
  * whose object still exists (the user deleted the view to force it) publishes under a new name
  * (`<key>.<n>.qcow2`) and leaves the old one for the children backed by it; `gc` removes it later.
  */
-import { randomBytes } from "node:crypto";
-import { constants as fsc } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { constants as fsc, createReadStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { NodeKey } from "../plan/types.js";
@@ -34,6 +34,8 @@ export class Store implements StoreView {
   readonly logsDir: string;
   readonly cacheDir: string;
   private readonly recordCache = new Map<string, NodeRecord | null>();
+  /** Digests of objects published by this process, picked up by commit() for their records. */
+  private readonly publishedDigests = new Map<string, string>();
 
   constructor(buildDir: string) {
     this.buildDir = path.resolve(buildDir);
@@ -183,11 +185,30 @@ export class Store implements StoreView {
    * relative form), make it read-only and move it into place under a name no other image uses.
    * Returns the object file name.
    */
-  async publishImage(tmpFile: string, key: NodeKey, parentObject: string | null): Promise<string> {
+  async publishImage(tmpFile: string, key: NodeKey, parentObject: string | null, digest?: string): Promise<string> {
     if (parentObject) {
       await qemuImg(["rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", this.backingRef(parentObject), tmpFile]);
     }
-    return this.publishFile(tmpFile, key, "qcow2");
+    // Hashed once here, while the file is still in the page cache, so a push or a child's pull never
+    // has to read the object again. A caller that knows the digest (a pull) passes it.
+    const d = digest ?? (await sha256OfFile(tmpFile));
+    const name = await this.publishFile(tmpFile, key, "qcow2");
+    this.publishedDigests.set(name, d);
+    return name;
+  }
+
+  /**
+   * The record's image digest; for records written before digests were recorded, the object is hashed
+   * once and the record rewritten with it.
+   */
+  async objectDigest(rec: NodeRecord): Promise<string> {
+    if (rec.digest) return rec.digest;
+    const digest = await sha256OfFile(this.objectPath(rec.object));
+    const next = { ...rec, digest };
+    await writeFileAtomic(path.join(this.recordsDir, `${rec.key}.json`), JSON.stringify(next, null, 2) + "\n");
+    this.recordCache.set(rec.key, next);
+    rec.digest = digest;
+    return digest;
   }
 
   /** Atomically move a finished file into objects/ as `<key>.<ext>` (or `<key>.<n>.<ext>`), read-only. */
@@ -208,6 +229,7 @@ export class Store implements StoreView {
 
   /** Write the record, then point the user's views at the new objects (each an atomic rename). */
   async commit(rec: NodeRecord): Promise<void> {
+    rec.digest ??= this.publishedDigests.get(rec.object);
     await writeFileAtomic(path.join(this.recordsDir, `${rec.key}.json`), JSON.stringify(rec, null, 2) + "\n");
     this.recordCache.set(rec.key, rec);
     this.stackIndex?.set(rec.stack, rec);
@@ -259,6 +281,13 @@ export async function writeFileAtomic(file: string, data: string): Promise<void>
   const tmp = `${file}.tmp-${randomBytes(4).toString("hex")}`;
   await fs.writeFile(tmp, data);
   await fs.rename(tmp, file);
+}
+
+/** sha256 of a file as `sha256:HEX`, streamed. */
+export async function sha256OfFile(file: string): Promise<string> {
+  const h = createHash("sha256");
+  for await (const chunk of createReadStream(file, { highWaterMark: 1024 * 1024 })) h.update(chunk as Buffer);
+  return `sha256:${h.digest("hex")}`;
 }
 
 async function exists(p: string): Promise<boolean> {

@@ -17,6 +17,14 @@ export interface NodeRecord {
   builtAt: string;
   /** Finalizing nodes: the deliverable (path relative to the build dir, object file name). */
   deliverable?: { path: string; object: string };
+  /**
+   * sha256 (`sha256:HEX`) of the image as published: of the object file for a local build, of the registry
+   * blob for a pulled one. A child's delta only fits these exact bytes, so the remote cache compares it
+   * with the parent digest a child artifact was pushed over. Absent in records written before it existed.
+   */
+  digest?: string;
+  /** Pulled images: the cache it came from, and whether re-linking the backing file changed header bytes. */
+  pulled?: { from: string; relinked: boolean };
 }
 
 export interface StoreView {
