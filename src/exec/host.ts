@@ -7,7 +7,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { execa } from "execa";
+import { loadExeca } from "../util/lazy.js";
 import type { Step } from "../report/events.js";
 import type { NodeLog } from "./node-log.js";
 import { StepError } from "./step-error.js";
@@ -19,6 +19,7 @@ export async function runHostScript(
   opts: { cwd: string; env: Record<string, string>; log: NodeLog; signal: AbortSignal; timeoutMs: number },
 ): Promise<void> {
   opts.log.note(`${step}: ${file}`);
+  const execa = await loadExeca();
   const child = execa(file, [], {
     cwd: opts.cwd,
     env: opts.env,

@@ -1,8 +1,9 @@
-import { execa } from "execa";
+import { loadExeca } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
 
 /** Run qemu-img; a failure becomes a DbuildError carrying its stderr. */
 export async function qemuImg(args: string[], signal?: AbortSignal): Promise<string> {
+  const execa = await loadExeca();
   const r = await execa("qemu-img", args, { reject: false, cancelSignal: signal, stripFinalNewline: true });
   if (r.failed) {
     throw new DbuildError({

@@ -1,6 +1,6 @@
 /** qcow2 helpers over qemu-img: copy-on-write children and image metadata. */
 import path from "node:path";
-import { execa } from "execa";
+import { loadExeca } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
 
 export interface ImageInfo {
@@ -37,6 +37,7 @@ export async function createChild(parent: string, child: string, opts: { relativ
   const absChild = path.resolve(child);
   const backing = opts.relativeBacking ? path.relative(path.dirname(absChild), absParent) : absParent;
   try {
+    const execa = await loadExeca();
     await execa("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, absChild], { cancelSignal: opts.signal });
   } catch (e) {
     if (opts.signal?.aborted) throw e;
@@ -55,6 +56,7 @@ export async function imageInfo(file: string, opts: { signal?: AbortSignal } = {
   let out: string;
   try {
     // -U: read even while a running QEMU holds the image lock
+    const execa = await loadExeca();
     out = (await execa("qemu-img", ["info", "-U", "--backing-chain", "--output=json", abs], { cancelSignal: opts.signal })).stdout;
   } catch (e) {
     if (opts.signal?.aborted) throw e;

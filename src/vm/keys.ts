@@ -1,7 +1,7 @@
 /** The project's SSH key (`keys/demobuilder`), created on first use as Demobuilder's utils/init.sh did. */
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { execa } from "execa";
+import { loadExeca } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
 
 export interface ProjectKey {
@@ -62,6 +62,7 @@ export async function ensureProjectKey(projectRoot: string): Promise<ProjectKey>
 
 async function keygen(key: string, args: string[]): Promise<string> {
   try {
+    const execa = await loadExeca();
     return (await execa("ssh-keygen", args)).stdout;
   } catch (e) {
     throw new DbuildError({

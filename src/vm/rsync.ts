@@ -1,5 +1,5 @@
 /** Copy a local tree into the guest with rsync over OpenSSH (rsync is in every guest we build). */
-import { execa } from "execa";
+import { loadExeca } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
 import { shellQuote } from "./ssh.js";
 
@@ -33,6 +33,7 @@ export async function rsyncTo(localDir: string, remoteDir: string, target: Rsync
   const dst = remoteDir.endsWith("/") ? remoteDir : `${remoteDir}/`;
   const host = target.host.includes(":") ? `[${target.host}]` : target.host;
   const e = ["ssh", ...sshArgs(target)].map(shellQuote).join(" ");
+  const execa = await loadExeca();
   const r = await execa(
     "rsync",
     ["-rL", "--delete", "-e", e, `--rsync-path=mkdir -p ${shellQuote(dst)} && rsync`, src, `${target.username ?? "root"}@${host}:${dst}`],

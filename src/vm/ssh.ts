@@ -3,7 +3,8 @@
  * exit status. Host keys are neither verified nor stored: we only ever talk to a throwaway guest over
  * loopback (or the build bridge), and every guest has fresh host keys.
  */
-import { Client, type ConnectConfig } from "ssh2";
+import type { Client, ConnectConfig } from "ssh2";
+import { loadSsh2 } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
 import type { ExecOptions, ExecResult } from "./types.js";
 import { abortError, delay } from "./wait.js";
@@ -63,9 +64,13 @@ export class SshSession {
   }
 
   /** One connection attempt; rejects if the handshake does not complete within `timeoutMs`. */
-  static connect(target: SshTarget, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SshSession> {
-    if (opts.signal?.aborted) return Promise.reject(abortError(opts.signal));
-    const client = new Client();
+  static async connect(target: SshTarget, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SshSession> {
+    if (opts.signal?.aborted) throw abortError(opts.signal);
+    const ssh2 = await loadSsh2();
+    return SshSession.open(new ssh2.Client(), target, opts);
+  }
+
+  private static open(client: Client, target: SshTarget, opts: { timeoutMs?: number; signal?: AbortSignal }): Promise<SshSession> {
     const cfg: ConnectConfig = {
       host: target.host,
       port: target.port,
