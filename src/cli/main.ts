@@ -11,6 +11,7 @@ import { addBuildOptions, projectRoot, registerBuildCommands, runBuild, type Bui
 import { registerPlanCommands } from "./commands/plan.js";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerGcCommand } from "./commands/gc.js";
+import { registerCacheCommands } from "./commands/cache.js";
 import { registerWatchCommands, runWatch } from "./commands/watch.js";
 import { Store } from "../store/store.js";
 import type { Project } from "../project/types.js";
@@ -58,6 +59,7 @@ export async function main(argv: string[]): Promise<number> {
   registerPlanCommands(program, (p: Project) => new Store(p.settings.buildDir));
   registerVmCommands(program);
   registerGcCommand(program);
+  registerCacheCommands(program);
   registerWatchCommands(program);
   try {
     await program.parseAsync(argv, { from: "user" });

@@ -16,6 +16,8 @@ import { Store } from "../../store/store.js";
 import { DbuildError } from "../../util/errors.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { runPlan } from "./plan.js";
+import { cacheHooks } from "./cache.js";
+import { parseShard, shardSelect } from "../../cache/shard.js";
 
 export interface BuildCliOptions {
   jobs?: string;
@@ -26,6 +28,9 @@ export interface BuildCliOptions {
   dot?: boolean;
   progress?: string;
   junit?: string;
+  cacheFrom?: string;
+  cacheTo?: string;
+  shard?: string;
 }
 
 export function addBuildOptions(cmd: Command): Command {
@@ -37,7 +42,10 @@ export function addBuildOptions(cmd: Command): Command {
     .option("--json", "with --dry-run: the plan as JSON")
     .option("--dot", "with --dry-run: the plan as Graphviz")
     .option("--progress <mode>", "tty | plain | json (default: tty on a terminal, else plain)")
-    .option("--junit <file>", "also write a JUnit XML report, one testcase per node");
+    .option("--junit <file>", "also write a JUnit XML report, one testcase per node")
+    .option("--cache-from <url>", "pull stale nodes from this OCI cache (oci://HOST[:PORT]/REPO) instead of building them")
+    .option("--cache-to <url>", "push every node built to this OCI cache (a failed push is a warning)")
+    .option("--shard <i/n>", "build only share I of N of the stale nodes (CI; use with a shared cache)");
 }
 
 export function projectRoot(cmd: Command): string {
@@ -117,6 +125,7 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
   }
   const project = await loadProject(root);
   const jobs = parseJobs(o.jobs, project);
+  const shard = o.shard !== undefined ? parseShard(o.shard) : undefined;
   const store = new Store(project.settings.buildDir);
   const reporter = new MultiReporter([
     makeReporter(o.progress),
@@ -133,15 +142,23 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
       const keep = extras.select(plan.nodes.filter((n) => n.status === "stale").map((n) => n.stack));
       for (const n of plan.nodes) if (n.status === "stale" && !keep.has(n.stack)) n.status = "fresh";
     }
+    if (shard) {
+      const keep = shardSelect(plan.nodes, shard);
+      for (const n of plan.nodes) if (n.status === "stale" && !keep.has(n.stack)) n.status = "fresh";
+    }
     const emit = (e: BuildEvent): void => reporter.event(e);
+    const cache = cacheHooks(project, plan, store, o, emit, intr.signal);
     const res = await build(project, plan, store, {
       jobs,
       keepGoing: o.keepGoing ?? false,
       keepFailed: o.keepFailed ?? false,
       signal: intr.signal,
       emit,
+      ...cache.hooks,
       ...extras.hooks,
     });
+    // Pushes run behind the build; a failed one is a warning and never changes the build's exit code.
+    await cache.drain();
     return res.interrupted ? 130 : res.ok ? 0 : 1;
   } finally {
     intr.dispose();

@@ -1,0 +1,290 @@
+/**
+ * The remote image cache on the command line: `dbuild push`, `dbuild pull`, and the pull-before-build /
+ * push-after-publish hooks of `dbuild all --cache-from URL --cache-to URL` (or demobuild.yaml `cache:`).
+ */
+import type { Command } from "commander";
+import pc from "picocolors";
+import { cacheUrls, isUnreachable, RemoteCache } from "../../cache/sync.js";
+import type { BuildOptions } from "../../exec/executor.js";
+import { makePlan } from "../../plan/planner.js";
+import type { Plan, PlanNode } from "../../plan/types.js";
+import { loadProject } from "../../project/load.js";
+import type { Project } from "../../project/types.js";
+import type { BuildEvent } from "../../report/events.js";
+import { Store } from "../../store/store.js";
+import type { NodeRecord } from "../../store/types.js";
+import { DbuildError, errorMessage, formatProblem } from "../../util/errors.js";
+import { interruptController, lockBuildDir, projectRoot } from "./build.js";
+
+const MiB = 1024 * 1024;
+
+function mib(bytes: number): string {
+  return `${(bytes / MiB).toFixed(1)} MiB`;
+}
+
+function problemText(e: unknown): string {
+  return e instanceof DbuildError ? e.problems.map(formatProblem).join("\n  ") : errorMessage(e);
+}
+
+/** Warnings go to stderr so they also stand out from --progress json on stdout. */
+function warn(text: string): void {
+  process.stderr.write(`${pc.yellow("warning")} ${text}\n`);
+}
+
+export interface CacheHooks {
+  hooks: Pick<BuildOptions, "tryPull" | "afterPublish">;
+  /** Waits for the pushes still queued (they run behind the build). */
+  drain(): Promise<void>;
+}
+
+/**
+ * Hooks for the executor: pull a stale node from `from` before building it, push each node built to `to`.
+ * A registry failure never fails the build: a failed pull builds the node, a failed push is a warning.
+ * After the registry is found unreachable it is not asked again during this build.
+ */
+export function cacheHooks(
+  project: Project,
+  plan: Plan,
+  store: Store,
+  flags: { cacheFrom?: string; cacheTo?: string },
+  emit: (e: BuildEvent) => void,
+  signal: AbortSignal,
+): CacheHooks {
+  const urls = cacheUrls(flags, project.settings.cache);
+  const byStack = new Map(plan.nodes.map((n) => [n.stack, n]));
+  const parentRecord = async (node: PlanNode): Promise<NodeRecord | undefined> =>
+    node.parent ? store.record(byStack.get(node.parent)!.key) : undefined;
+  const hooks: CacheHooks["hooks"] = {};
+  if (urls.from) {
+    const from = new RemoteCache(urls.from, store);
+    let disabled = false;
+    hooks.tryPull = async (node, sig) => {
+      // An image for this key in the local store: the executor restores (or, view deleted, rebuilds) it.
+      if (disabled || (await store.record(node.key))) return false;
+      const step = (detail: string): void => emit({ type: "step", time: Date.now(), stack: node.stack, step: "pull", detail });
+      let last = 0;
+      try {
+        const r = await from.pull(node, await parentRecord(node), {
+          signal: sig,
+          onProgress: (done, total) => {
+            if (Date.now() - last < 1000) return;
+            last = Date.now();
+            step(`${mib(done)} of ${mib(total)}`);
+          },
+        });
+        if (r.status === "pulled") {
+          step(`pulled ${mib(r.bytes)} from ${from.client.ref.url}`);
+          return true;
+        }
+        step(r.status === "miss" ? "not in the cache: building" : `cache not usable (${r.message}): building`);
+        return false;
+      } catch (e) {
+        if (sig.aborted) throw e;
+        warn(`${node.stack}: pull from ${urls.from} failed, building it instead:\n  ${problemText(e)}`);
+        if (isUnreachable(e)) disabled = true;
+        return false;
+      }
+    };
+  }
+  let queue: Promise<void> = Promise.resolve();
+  let unreachable = false;
+  let skipped = 0;
+  if (urls.to) {
+    const to = new RemoteCache(urls.to, store);
+    hooks.afterPublish = (node, rec) => {
+      // Queued, not awaited: a push must not hold back the node's children, nor fail the node.
+      queue = queue.then(async () => {
+        if (signal.aborted) return;
+        if (unreachable) {
+          skipped++;
+          return;
+        }
+        try {
+          const r = await to.push(rec, await parentRecord(node), { signal });
+          emit({ type: "step", time: Date.now(), stack: node.stack, step: "publish", detail: r.existed ? `already in ${to.client.ref.url}` : `pushed ${mib(r.bytes)} to ${to.client.ref.url}` });
+        } catch (e) {
+          if (signal.aborted) return;
+          warn(`${node.stack}: push to ${urls.to} failed (the local build is unaffected):\n  ${problemText(e)}`);
+          if (isUnreachable(e)) unreachable = true;
+        }
+      });
+      return Promise.resolve();
+    };
+  }
+  return {
+    hooks,
+    drain: async () => {
+      await queue;
+      if (skipped > 0) warn(`${skipped} more node(s) not pushed: ${urls.to ?? ""} is unreachable; run \`dbuild push\` later`);
+    },
+  };
+}
+
+interface CacheCliOptions {
+  cache?: string;
+}
+
+function cacheUrlFor(o: CacheCliOptions, project: Project, which: "from" | "to", cmd: string): string {
+  const url = o.cache ?? project.settings.cache[which] ?? project.settings.cache[which === "from" ? "to" : "from"];
+  if (!url) {
+    throw new DbuildError({
+      reason: "bad-option",
+      where: `dbuild ${cmd}`,
+      message: "no cache given",
+      hint: `pass --cache oci://HOST[:PORT]/REPO, or set cache: {${which}: oci://...} in demobuild.yaml`,
+    });
+  }
+  return url;
+}
+
+/**
+ * `dbuild push`: every fresh node of the stacks, parents first. Stale nodes are not pushed (their image
+ * is not what the inputs say). Exit 1 when a push failed.
+ */
+export async function runPush(root: string, stacks: "all" | string[], o: CacheCliOptions, out: (s: string) => void): Promise<number> {
+  const project = await loadProject(root);
+  const url = cacheUrlFor(o, project, "to", "push");
+  const store = new Store(project.settings.buildDir);
+  const cache = new RemoteCache(url, store);
+  const plan = await makePlan(project, stacks, store);
+  const intr = interruptController();
+  let pushed = 0;
+  let existed = 0;
+  let failed = 0;
+  let stale = 0;
+  let bytes = 0;
+  const t0 = Date.now();
+  try {
+    for (const node of plan.nodes) {
+      if (intr.signal.aborted) return 130;
+      const rec = node.status === "fresh" ? await store.record(node.key) : undefined;
+      if (!rec) {
+        stale++;
+        out(`${node.stack}: stale here, not pushed (build it first)\n`);
+        continue;
+      }
+      const parent = rec.parentKey ? await store.record(rec.parentKey) : undefined;
+      const t = Date.now();
+      try {
+        const r = await cache.push(rec, parent, { signal: intr.signal });
+        if (r.existed) {
+          existed++;
+          out(`${node.stack}: already in the cache\n`);
+        } else {
+          pushed++;
+          bytes += r.bytes;
+          out(`${node.stack}: pushed ${mib(r.bytes)} in ${((Date.now() - t) / 1000).toFixed(1)} s\n`);
+        }
+      } catch (e) {
+        if (intr.signal.aborted) return 130;
+        failed++;
+        process.stderr.write(`${pc.red("error")} ${node.stack}: push failed: ${problemText(e)}\n`);
+        // The rest would fail the same way (after their retries): say so once and stop.
+        if (isUnreachable(e)) {
+          process.stderr.write(`nothing local was changed; the remaining nodes were not pushed\n`);
+          break;
+        }
+      }
+    }
+  } finally {
+    intr.dispose();
+  }
+  out(`pushed ${pushed} (${mib(bytes)}, ${((Date.now() - t0) / 1000).toFixed(1)} s), already there ${existed}, stale ${stale}${failed ? `, FAILED ${failed}` : ""} -> ${cache.client.ref.url}\n`);
+  return failed ? 1 : 0;
+}
+
+/**
+ * `dbuild pull`: every node stale here but in the cache, parents first; a pulled node is fresh with no VM
+ * booted. A node the cache does not have (or that was built over another parent image) is left stale
+ * for `dbuild all`. Exit 1 when a pull failed (unreachable registry, corrupt blob).
+ */
+export async function runPull(root: string, stacks: "all" | string[], o: CacheCliOptions, out: (s: string) => void): Promise<number> {
+  const project = await loadProject(root);
+  const url = cacheUrlFor(o, project, "from", "pull");
+  const store = new Store(project.settings.buildDir);
+  const release = await lockBuildDir(store);
+  const intr = interruptController();
+  let pulled = 0;
+  let fresh = 0;
+  let missing = 0;
+  let failed = 0;
+  let bytes = 0;
+  const t0 = Date.now();
+  try {
+    await store.cleanTmp();
+    const cache = new RemoteCache(url, store);
+    const plan = await makePlan(project, stacks, store);
+    const byStack = new Map(plan.nodes.map((n) => [n.stack, n]));
+    for (const node of plan.nodes) {
+      if (intr.signal.aborted) return 130;
+      if (node.status === "fresh") {
+        fresh++;
+        continue;
+      }
+      const stored = await store.record(node.key);
+      if (stored) {
+        // Edit, revert: the image is still in the store; point the view back (as `dbuild all` would).
+        await store.commit(stored);
+        out(`${node.stack}: restored from the local store\n`);
+        fresh++;
+        continue;
+      }
+      const parentNode = node.parent ? byStack.get(node.parent) : undefined;
+      const parent = parentNode ? await store.record(parentNode.key) : undefined;
+      if (parentNode && !parent) {
+        missing++;
+        out(`${node.stack}: not pulled: its parent ${parentNode.stack} is not here\n`);
+        continue;
+      }
+      const t = Date.now();
+      try {
+        const r = await cache.pull(node, parent, { signal: intr.signal });
+        if (r.status === "pulled") {
+          pulled++;
+          bytes += r.bytes;
+          out(`${node.stack}: pulled ${mib(r.bytes)} in ${((Date.now() - t) / 1000).toFixed(1)} s\n`);
+        } else {
+          missing++;
+          out(`${node.stack}: ${r.status === "miss" ? "not in the cache" : `not pulled: ${r.message}`}\n`);
+        }
+      } catch (e) {
+        if (intr.signal.aborted) return 130;
+        failed++;
+        process.stderr.write(`${pc.red("error")} ${node.stack}: pull failed: ${problemText(e)}\n`);
+        if (isUnreachable(e)) break;
+      }
+    }
+  } finally {
+    intr.dispose();
+    await store.cleanTmp().catch(() => undefined);
+    await release().catch(() => undefined);
+  }
+  out(
+    `pulled ${pulled} (${mib(bytes)}, ${((Date.now() - t0) / 1000).toFixed(1)} s), fresh ${fresh}, left to build ${missing + failed}${failed ? `, FAILED ${failed}` : ""} <- ${url}\n`,
+  );
+  return failed ? 1 : 0;
+}
+
+export function registerCacheCommands(program: Command): void {
+  const write = (s: string): void => void process.stdout.write(s);
+  program
+    .command("push")
+    .description("push every fresh node of the stacks to an OCI cache (parents first)")
+    .argument("[stacks...]", "stacks, or `all` (default: every target)")
+    .option("--cache <url>", "oci://HOST[:PORT]/REPO (default: demobuild.yaml cache.to, else cache.from)")
+    .action(async (stacks: string[], o: CacheCliOptions, cmd: Command) => {
+      process.exitCode = await runPush(projectRoot(cmd), stackArg(stacks), o, write);
+    });
+  program
+    .command("pull")
+    .description("pull every node that is stale here but in the OCI cache (parents first; no VM)")
+    .argument("[stacks...]", "stacks, or `all` (default: every target)")
+    .option("--cache <url>", "oci://HOST[:PORT]/REPO (default: demobuild.yaml cache.from, else cache.to)")
+    .action(async (stacks: string[], o: CacheCliOptions, cmd: Command) => {
+      process.exitCode = await runPull(projectRoot(cmd), stackArg(stacks), o, write);
+    });
+}
+
+function stackArg(stacks: string[]): "all" | string[] {
+  return stacks.length === 0 || (stacks.length === 1 && stacks[0] === "all") ? "all" : stacks;
+}
