@@ -27,6 +27,7 @@ import { constants as fsc, lstatSync, readdirSync, readlinkSync, realpathSync, s
 import type { Stats } from "node:fs";
 import * as path from "node:path";
 import type { Layer, LayerKind } from "../project/types.js";
+import { isEditorNoise } from "../util/editor-noise.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
 import { SMALL_FILE } from "./statcache.js";
@@ -67,6 +68,7 @@ function walkFollow(w: Walk, abs: string, rel: string, ancestors: Set<string>, r
     return;
   }
   for (const e of ents) {
+    if (isEditorNoise(e.name)) continue; // rsync excludes them too (vm/rsync.ts)
     const a = `${abs}/${e.name}`;
     const r = `${rel}/${e.name}`;
     if (e.isSymbolicLink()) {
@@ -119,6 +121,7 @@ function walkPlain(w: Walk, abs: string, rel: string): void {
     return;
   }
   for (const e of ents) {
+    if (isEditorNoise(e.name)) continue;
     const a = `${abs}/${e.name}`;
     const r = rel ? `${rel}/${e.name}` : e.name;
     if (e.isSymbolicLink()) w.manifest[`link:${r}`] = readlinkSync(a);

@@ -1,4 +1,5 @@
 /** Copy a local tree into the guest with rsync over OpenSSH (rsync is in every guest we build). */
+import { RSYNC_NOISE_EXCLUDES } from "../util/editor-noise.js";
 import { loadExeca } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
 import { shellQuote } from "./ssh.js";
@@ -36,7 +37,7 @@ export async function rsyncTo(localDir: string, remoteDir: string, target: Rsync
   const execa = await loadExeca();
   const r = await execa(
     "rsync",
-    ["-rL", "--delete", "-e", e, `--rsync-path=mkdir -p ${shellQuote(dst)} && rsync`, src, `${target.username ?? "root"}@${host}:${dst}`],
+    ["-rL", "--delete", ...RSYNC_NOISE_EXCLUDES, "-e", e, `--rsync-path=mkdir -p ${shellQuote(dst)} && rsync`, src, `${target.username ?? "root"}@${host}:${dst}`],
     { cancelSignal: opts.signal, timeout: opts.timeoutMs, reject: false, all: true, forceKillAfterDelay: 1000 },
   );
   if (r.isCanceled) throw opts.signal?.reason instanceof Error ? opts.signal.reason : new Error("rsync aborted");

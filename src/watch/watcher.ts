@@ -7,26 +7,13 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { watch, type FSWatcher } from "chokidar";
 import { DbuildError } from "../util/errors.js";
+import { isEditorNoise } from "../util/editor-noise.js";
 
 /**
  * Files editors write next to the one being edited: vim swap files and its `4913` write probe,
  * backups (`file~`), emacs lock and autosave files, GNOME's atomic-save temporaries, `*.tmp`.
  */
-const NOISE: readonly RegExp[] = [
-  /^\..*\.sw[a-p]$/, // vim swap: .file.swp, .file.swo, ...
-  /^\..*\.swx$/,
-  /~$/,
-  /^4913$/,
-  /^\.#/,
-  /^#.*#$/,
-  /\.tmp$/,
-  /^\.goutputstream-/,
-];
-
-export function isEditorNoise(file: string): boolean {
-  const base = path.basename(file);
-  return NOISE.some((re) => re.test(base));
-}
+export { isEditorNoise };
 
 function inside(child: string, dir: string): boolean {
   const rel = path.relative(dir, child);

@@ -47,6 +47,16 @@ describe("fingerprints", () => {
     expect(nodeKey({ b: "1", a: "2" })).toBe(nodeKey({ a: "2", b: "1" }));
   });
 
+  it("ignore editors' swap, backup and lock files (rsync does not copy them either)", async () => {
+    const k = await setup();
+    for (const f of ["layers/web/target/.install.swp", "layers/web/target/install~", "layers/web/target/.#install", "layers/micro/4913"]) {
+      await fs.writeFile(fx.path(f), "editor noise");
+    }
+    expect(changed(k, await keys())).toEqual([]);
+    await fs.writeFile(fx.path("layers/web/target/notes.txt"), "a real file");
+    expect(changed(k, await keys())).toEqual(WEB);
+  });
+
   it("ignore timestamps: touch changes no key", async () => {
     const k = await setup();
     const later = new Date(Date.now() + 3600_000);
