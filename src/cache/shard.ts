@@ -126,9 +126,12 @@ export function shardSelect(nodes: readonly ShapeNode[], shard: Shard): Set<stri
   };
   const bigFirst = (a: string, b: string): number => size(b) - size(a) || (a < b ? -1 : a > b ? 1 : 0);
   let units = rootsOf(nodes, stale);
-  while (units.length < shard.count) {
+  // Split while there are too few units, or the largest is more than a fair share: one big subtree
+  // under a stale base (the usual case on a fresh CI runner) would otherwise land whole in one shard.
+  const fair = Math.ceil(stale.size / shard.count);
+  for (;;) {
     const split = [...units].sort(bigFirst).find((u) => (kids.get(u)?.length ?? 0) > 0);
-    if (split === undefined) break;
+    if (split === undefined || (units.length >= shard.count && size(split) <= fair)) break;
     units = [...units.filter((u) => u !== split), ...(kids.get(split) ?? [])];
   }
   const load = new Array<number>(shard.count).fill(0);
