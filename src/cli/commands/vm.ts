@@ -166,7 +166,8 @@ export function registerVmCommands(program: Command): void {
     .action(async (image: string, name: string, o: { force?: boolean }, cmd: Command) => {
       const project = await loadProject(rootOf(cmd));
       const dst = await snap(project, image, name, o);
-      process.stdout.write(`${path.relative(process.cwd(), dst) || dst}\n`);
+      const rel = path.relative(process.cwd(), dst);
+      process.stdout.write(`${rel && !rel.startsWith("..") ? rel : dst}\n`);
     });
 
   program
