@@ -25,6 +25,7 @@ import { fetchImport, runHostScript } from "./host.js";
 import { NodeLog } from "./node-log.js";
 import { runGraph } from "./scheduler.js";
 import { StepError } from "./step-error.js";
+import { projectVmOptions } from "../vm/options.js";
 
 export interface BuildOptions {
   jobs: number;
@@ -305,19 +306,17 @@ async function applyLayerInVm(
   let vm: Vm | undefined;
   try {
     try {
-      vm = await startVm({
-        disk: tmpImage,
-        mem: layer.config.mem ?? s.buildVm.mem,
-        cpus: layer.config.cpus ?? s.buildVm.cpus,
-        accelerator: s.accelerator,
-        network: s.network,
-        keyPath: keys.key,
-        serialLog: store.logPath(node.stack).replace(/\.log$/, ".console.log"),
-        runDir,
-        bootTimeoutMs: s.timeouts.boot * 1000,
-        accelCacheFile: path.join(store.internalDir, "accel.json"),
-        signal,
-      });
+      vm = await startVm(
+        projectVmOptions(s, {
+          disk: tmpImage,
+          mem: layer.config.mem ?? s.buildVm.mem,
+          cpus: layer.config.cpus ?? s.buildVm.cpus,
+          keyPath: keys.key,
+          serialLog: store.logPath(node.stack).replace(/\.log$/, ".console.log"),
+          runDir,
+          signal,
+        }),
+      );
     } catch (e) {
       throw new StepError("boot", errorMessage(e));
     }

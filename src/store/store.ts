@@ -18,12 +18,13 @@
  * (`<key>.<n>.qcow2`) and leaves the old one for the children backed by it; `gc` removes it later.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { constants as fsc, createReadStream } from "node:fs";
+import { createReadStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { NodeKey } from "../plan/types.js";
 import type { NodeRecord, StoreView } from "./types.js";
 import { qemuImg } from "./qemu-img.js";
+import { pathExists } from "../util/fs.js";
 
 export class Store implements StoreView {
   readonly buildDir: string;
@@ -91,7 +92,7 @@ export class Store implements StoreView {
     try {
       rec = JSON.parse(await fs.readFile(path.join(this.recordsDir, `${key}.json`), "utf8")) as NodeRecord;
       // A record without its object is not an image (object deleted by hand, or gc in progress).
-      if (!(await exists(this.objectPath(rec.object)))) rec = null;
+      if (!(await pathExists(this.objectPath(rec.object)))) rec = null;
     } catch {
       rec = null;
     }
@@ -109,7 +110,7 @@ export class Store implements StoreView {
       const target = await fs.readlink(link);
       const abs = path.resolve(path.dirname(link), target);
       if (path.dirname(abs) !== this.objectsDir) return undefined;
-      if (!(await exists(abs))) return undefined;
+      if (!(await pathExists(abs))) return undefined;
       return path.basename(abs);
     } catch {
       return undefined;
@@ -290,11 +291,3 @@ export async function sha256OfFile(file: string): Promise<string> {
   return `sha256:${h.digest("hex")}`;
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fs.access(p, fsc.F_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}

@@ -3,6 +3,7 @@ import { promises as fs } from "node:fs";
 import path from "node:path";
 import { loadExeca } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
+import { pathExists } from "../util/fs.js";
 
 export interface ProjectKey {
   /** Private key path. */
@@ -11,14 +12,6 @@ export interface ProjectKey {
   pub: string;
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fs.access(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Create `<root>/keys/demobuilder` (+ .pub) if missing. Safe against concurrent callers (two dbuild
@@ -30,14 +23,14 @@ export async function ensureProjectKey(projectRoot: string): Promise<ProjectKey>
   const dir = path.join(projectRoot, "keys");
   const key = path.join(dir, "demobuilder");
   const pub = `${key}.pub`;
-  if ((await exists(key)) && (await exists(pub))) {
+  if ((await pathExists(key)) && (await pathExists(pub))) {
     await fs.chmod(key, 0o600); // ssh refuses a group/world-readable key (e.g. after a git checkout)
     return { key, pub };
   }
   await fs.mkdir(dir, { recursive: true });
   const tmp = await fs.mkdtemp(path.join(dir, ".keygen-"));
   try {
-    if (!(await exists(key))) {
+    if (!(await pathExists(key))) {
       const tkey = path.join(tmp, "demobuilder");
       await keygen(key, ["-q", "-t", "ed25519", "-N", "", "-C", "dbuild", "-f", tkey]);
       await fs.chmod(tkey, 0o600);
@@ -48,7 +41,7 @@ export async function ensureProjectKey(projectRoot: string): Promise<ProjectKey>
       }
     }
     await fs.chmod(key, 0o600);
-    if (!(await exists(pub))) {
+    if (!(await pathExists(pub))) {
       const derived = (await keygen(key, ["-y", "-f", key])).trim();
       const tpub = path.join(tmp, "demobuilder.pub");
       await fs.writeFile(tpub, `${derived.split(" ").slice(0, 2).join(" ")} dbuild\n`, { mode: 0o644 });

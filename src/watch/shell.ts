@@ -12,6 +12,7 @@ import { createChild } from "../vm/image.js";
 import { ensureProjectKey } from "../vm/keys.js";
 import { startVm } from "../vm/qemu.js";
 import { shellQuote } from "../vm/ssh.js";
+import { projectVmOptions } from "../vm/options.js";
 
 export interface ShellVm {
   stack: string;
@@ -38,19 +39,9 @@ export async function startShell(project: Project, store: Store, stack: string, 
   const disk = path.join(dir, `${stack}.qcow2`);
   try {
     await createChild(backing, disk, { signal });
-    const vm = await startVm({
-      disk,
-      mem: s.defaults.mem,
-      cpus: s.defaults.cpus,
-      accelerator: s.accelerator,
-      accelCacheFile: path.join(store.internalDir, "accel.json"),
-      network: s.network,
-      keyPath: key,
-      serialLog: path.join(dir, "console.log"),
-      runDir: path.join(dir, "run"),
-      bootTimeoutMs: s.timeouts.boot * 1000,
-      signal,
-    });
+    const vm = await startVm(
+      projectVmOptions(s, { disk, mem: s.defaults.mem, cpus: s.defaults.cpus, keyPath: key, serialLog: path.join(dir, "console.log"), runDir: path.join(dir, "run"), signal }),
+    );
     let stopped: Promise<void> | undefined;
     const user = "root";
     return {

@@ -15,6 +15,8 @@ import { ensureProjectKey } from "../../vm/keys.js";
 import { startVm } from "../../vm/qemu.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { sshArgs } from "../../vm/rsync.js";
+import { pathExists } from "../../util/fs.js";
+import { projectVmOptions } from "../../vm/options.js";
 
 /** What `dbuild run` leaves next to a snapshot so `dbuild ssh NAME` can find the VM. */
 export interface RunState {
@@ -52,14 +54,6 @@ function alive(pid: number): boolean {
   }
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fs.access(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function isInside(child: string, dir: string): boolean {
   const rel = path.relative(dir, child);
@@ -80,7 +74,7 @@ export async function resolveStackImage(project: Project, arg: string): Promise<
   const stack = path.basename(arg).replace(/\.qcow2$/, "");
   candidates.push(path.join(project.settings.buildDir, `${stack}.qcow2`));
   for (const c of candidates) {
-    if (await exists(c)) {
+    if (await pathExists(c)) {
       const st = await fs.stat(c);
       if (st.isFile()) return realpathSync(c);
     }
@@ -105,7 +99,7 @@ export async function snap(project: Project, image: string, name: string, opts: 
       hint: "pick a path outside it, e.g. ./snap.qcow2",
     });
   }
-  if ((await exists(dst)) && !opts.force) {
+  if ((await pathExists(dst)) && !opts.force) {
     throw new DbuildError({ reason: "exists", where: name, message: "file exists", hint: "remove it or pass --force" });
   }
   if (opts.force) await fs.rm(dst, { force: true });
@@ -181,7 +175,7 @@ export function registerVmCommands(program: Command): void {
       const root = rootOf(cmd);
       const project = await loadProject(root);
       const image = path.resolve(name);
-      if (!(await exists(image))) throw new DbuildError({ reason: "no-image", where: name, message: "no such file", hint: "create one with `dbuild snap STACK NAME`" });
+      if (!(await pathExists(image))) throw new DbuildError({ reason: "no-image", where: name, message: "no such file", hint: "create one with `dbuild snap STACK NAME`" });
       refuseBuildDirImage(project, image);
       const sp = statePath(image);
       try {
@@ -197,16 +191,7 @@ export function registerVmCommands(program: Command): void {
       await fs.rm(runDir, { recursive: true, force: true });
       const s = project.settings;
       const vm = await startVm({
-        disk: image,
-        mem: o.mem ?? s.defaults.mem,
-        cpus: o.cpus ?? s.defaults.cpus,
-        accelerator: s.accelerator,
-        accelCacheFile: path.join(s.buildDir, ".dbuild", "accel.json"),
-        network: s.network,
-        keyPath: key,
-        serialLog: path.join(runDir, "serial.log"),
-        runDir,
-        bootTimeoutMs: s.timeouts.boot * 1000,
+        ...projectVmOptions(s, { disk: image, mem: o.mem ?? s.defaults.mem, cpus: o.cpus ?? s.defaults.cpus, keyPath: key, serialLog: path.join(runDir, "serial.log"), runDir }),
         vnc: o.vnc ?? false,
         detached: true,
       });
@@ -240,7 +225,7 @@ export function registerVmCommands(program: Command): void {
       let user = "root";
       let keyPath: string;
       const m = /^([^@/]+)@([^/]+)$/.exec(target);
-      if (m && !(await exists(target))) {
+      if (m && !(await pathExists(target))) {
         user = m[1]!;
         host = m[2]!;
         port = 22;
@@ -289,16 +274,7 @@ export function registerVmCommands(program: Command): void {
         await createChild(backing, disk);
         process.stderr.write(`booting ${path.basename(backing)} ...\n`);
         vm = await startVm({
-          disk,
-          mem: o.mem ?? s.defaults.mem,
-          cpus: o.cpus ?? s.defaults.cpus,
-          accelerator: s.accelerator,
-          accelCacheFile: path.join(s.buildDir, ".dbuild", "accel.json"),
-          network: s.network,
-          keyPath: key,
-          serialLog: path.join(runDir, "serial.log"),
-          runDir,
-          bootTimeoutMs: s.timeouts.boot * 1000,
+          ...projectVmOptions(s, { disk, mem: o.mem ?? s.defaults.mem, cpus: o.cpus ?? s.defaults.cpus, keyPath: key, serialLog: path.join(runDir, "serial.log"), runDir }),
           signal: ac.signal,
         });
         process.off("SIGINT", onSig);
