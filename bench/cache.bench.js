@@ -1,0 +1,149 @@
+// Pulling a cached three-level chain (micro, micro:a, micro:a:b) from an OCI registry vs building it.
+// Goal: pull <= 0.1x build. Real CLI, real micro guest under TCG, Debian's docker-registry on 127.0.0.1.
+// Writes docs/bench/cache.md. Run: npm run bench -- cache
+//   CACHE_BENCH_BUILDS (default 1): cold builds of the chain (each boots two VMs)
+//   CACHE_BENCH_PULLS (default 5): pulls into an empty build dir, alternately `dbuild pull` and
+//   `dbuild all --cache-from` (the CI form)
+import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import { createServer } from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { loadavg, median, microImage, root, writeSection } from "./lib.js";
+
+const BUILDS = Number(process.env.CACHE_BENCH_BUILDS ?? 1);
+const PULLS = Number(process.env.CACHE_BENCH_PULLS ?? 5);
+const bin = path.join(root, "bin", "dbuild.js");
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function startRegistry(dir) {
+  const port = await freePort();
+  const cfg = path.join(dir, "config.yml");
+  fs.writeFileSync(
+    cfg,
+    `version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: ${path.join(dir, "data")}}, delete: {enabled: true}}
+http: {addr: "127.0.0.1:${port}"}
+`,
+  );
+  const child = spawn("/usr/bin/docker-registry", ["serve", cfg], { stdio: "ignore" });
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/v2/`, { signal: AbortSignal.timeout(1000) });
+      if (r.status === 200) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error("docker-registry did not start");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url: `oci://127.0.0.1:${port}/bench`,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));
+    },
+  };
+}
+
+/** A project like the e2e tests': micro imported from the test image, layers a and b. */
+function makeProject(micro, tmp, name) {
+  const dir = path.join(tmp, name);
+  const w = (rel, content, mode = 0o644) => {
+    const p = path.join(dir, rel);
+    fs.mkdirSync(path.dirname(p), { recursive: true });
+    fs.writeFileSync(p, content);
+    fs.chmodSync(p, mode);
+  };
+  const sha = createHash("sha256").update(fs.readFileSync(micro.image)).digest("hex");
+  w("keys/demobuilder", fs.readFileSync(micro.key), 0o600);
+  w("keys/demobuilder.pub", fs.readFileSync(micro.pubkey));
+  w("utils/addlayer.sh", fs.readFileSync(path.join(root, "utils", "addlayer.sh")), 0o755);
+  w("layers/micro/layer.yaml", `kind: base\nimport:\n  from: ${micro.image}\n  sha256: ${sha}\n`);
+  for (const [l, script] of [
+    ["a", "dd if=/dev/urandom of=/opt/a.bin bs=1M count=8 2>/dev/null; echo a > /etc/dbuild-a"],
+    ["b", "dd if=/dev/urandom of=/opt/b.bin bs=1M count=8 2>/dev/null; echo b > /etc/dbuild-b"],
+  ]) {
+    w(`layers/${l}/target/install`, `#!/bin/sh\nset -e\n${script}\n`, 0o755);
+    fs.symlinkSync("../../utils/addlayer.sh", path.join(dir, "layers", l, "install"));
+  }
+  w("demobuild.yaml", "buildVm: {mem: 256, cpus: 1}\ntimeouts: {boot: 300, install: 600, shutdown: 60}\n");
+  w("targets/micro:a:b", "");
+  return dir;
+}
+
+function dbuild(cwd, args) {
+  const t = process.hrtime.bigint();
+  const r = spawnSync(process.execPath, [bin, "--progress", "plain", ...args], { cwd, encoding: "utf8", maxBuffer: 64 << 20 });
+  const s = Number(process.hrtime.bigint() - t) / 1e9;
+  if (r.status !== 0) throw new Error(`dbuild ${args.join(" ")} exited ${r.status}\n${r.stdout}\n${r.stderr}`);
+  return { s, out: r.stdout };
+}
+
+const micro = microImage();
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "dbuild-cache-bench-"));
+const reg = await startRegistry(path.join(tmp, "registry"));
+try {
+  const builds = [];
+  let pushS = 0;
+  let src = "";
+  for (let i = 0; i < BUILDS; i++) {
+    src = makeProject(micro, tmp, `build${i}`);
+    builds.push(dbuild(src, ["all", "-j", "1"]).s);
+    console.log(`build ${i + 1}: ${builds[i].toFixed(1)} s`);
+  }
+  pushS = dbuild(src, ["push", "all", "--cache", reg.url]).s;
+  const sizes = fs
+    .readdirSync(path.join(src, "build", ".dbuild", "objects"))
+    .filter((f) => f.endsWith(".qcow2"))
+    .reduce((n, f) => n + fs.statSync(path.join(src, "build", ".dbuild", "objects", f)).size, 0);
+  const pulls = { pull: [], all: [] };
+  for (let i = 0; i < PULLS; i++) {
+    const dir = makeProject(micro, tmp, `pull${i}`);
+    const form = i % 2 === 0 ? "pull" : "all";
+    const r = form === "pull" ? dbuild(dir, ["pull", "--cache", reg.url]) : dbuild(dir, ["all", "--cache-from", reg.url]);
+    if (form === "all" && /: boot/.test(r.out)) throw new Error("a VM was booted during a pull run");
+    const plan = JSON.parse(spawnSync(process.execPath, [bin, "plan", "--json"], { cwd: dir, encoding: "utf8" }).stdout);
+    if (plan.nodes.some((n) => n.status !== "fresh")) throw new Error("a pulled node is not fresh");
+    pulls[form].push(r.s);
+    console.log(`pull ${i + 1} (${form}): ${r.s.toFixed(2)} s`);
+  }
+  const build = median(builds);
+  const pull = median([...pulls.pull, ...pulls.all]);
+  const ratio = pull / build;
+  const md = `## Remote cache: pulling a three-level chain vs building it
+
+\`npm run bench -- cache\` (bench/cache.bench.js). Chain micro -> micro:a -> micro:a:b (each layer writes 8 MiB of
+random data); micro is the imported test image. Build: \`dbuild all -j 1\` from an empty build dir (two VM cycles
+under TCG, 256 MiB, 1 vCPU). Pull: a fresh copy of the project with an empty build dir, \`dbuild pull\` and
+\`dbuild all --cache-from\` alternately, from Debian's docker-registry on 127.0.0.1 (whole CLI process timed,
+Node start-up included; every pulled node checked fresh, no VM booted). Objects pushed: ${(sizes / 2 ** 20).toFixed(1)} MiB.
+Load average at the end: ${loadavg()} (machine shared with other engineers' builds).
+
+| | median | runs |
+|---|---|---|
+| build the chain | ${build.toFixed(1)} s | ${builds.map((x) => x.toFixed(1)).join(", ")} |
+| \`dbuild push all\` (once, after the build) | ${pushS.toFixed(2)} s | 1 |
+| \`dbuild pull\` | ${median(pulls.pull).toFixed(2)} s | ${pulls.pull.map((x) => x.toFixed(2)).join(", ")} |
+| \`dbuild all --cache-from\` | ${pulls.all.length ? median(pulls.all).toFixed(2) : "-"} s | ${pulls.all.map((x) => x.toFixed(2)).join(", ")} |
+| **pull / build** | **${ratio.toFixed(3)}x** (goal <= 0.1x) | |
+`;
+  writeSection("cache", md);
+  if (ratio > 0.1) process.exitCode = 1;
+} finally {
+  await reg.stop();
+  fs.rmSync(tmp, { recursive: true, force: true });
+}
