@@ -75,7 +75,8 @@ async function markRemote(plan: Plan, url: string): Promise<void> {
     for (const n of stale) n.remote = has.get(n.key) ? "hit" : "miss";
   } catch (e) {
     if (e instanceof DbuildError && e.problems.some((p) => p.reason === "bad-cache-url")) throw e;
-    process.stderr.write(`warning: cannot ask the cache ${url} (${errorMessage(e)}); every stale node counts as a miss\n`);
+    const why = e instanceof DbuildError ? e.problems.map((p) => p.message).join("; ") : errorMessage(e);
+    process.stderr.write(`warning: cannot ask the cache, every stale node counts as a miss: ${why}\n`);
   }
 }
 
