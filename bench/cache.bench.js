@@ -28,6 +28,7 @@ function freePort() {
 }
 
 async function startRegistry(dir) {
+  fs.mkdirSync(dir, { recursive: true });
   const port = await freePort();
   const cfg = path.join(dir, "config.yml");
   fs.writeFileSync(

@@ -13,6 +13,7 @@ import { RemoteCache } from "../../src/cache/sync.js";
 import type { NodeKey, PlanNode } from "../../src/plan/types.js";
 import { Store } from "../../src/store/store.js";
 import type { NodeRecord } from "../../src/store/types.js";
+import { dbuild, stacksOf } from "../helpers/cli.js";
 import { startRegistry, type TestRegistry } from "../helpers/registry.js";
 
 const key = (s: string): NodeKey => createHash("sha256").update(s).digest("hex") as NodeKey;
@@ -194,5 +195,47 @@ describe("RemoteCache", () => {
   it("a miss is a miss", async () => {
     const g = await newStore("g");
     expect(await new RemoteCache(reg.url, g).pull(node("x", key("x"), null, "base"), undefined)).toEqual({ status: "miss" });
+  });
+});
+
+describe("the CLI with the cache in demobuild.yaml (base layers only, no VM)", () => {
+  /** Three independent host-built bases: b1, b2, b3. */
+  async function baseProject(name: string, url: string): Promise<string> {
+    const dir = path.join(tmp, name);
+    for (const b of ["b1", "b2", "b3"]) {
+      await fs.mkdir(path.join(dir, "layers", b), { recursive: true });
+      await fs.writeFile(path.join(dir, "layers", b, "layer.yaml"), "kind: base\n");
+      await fs.writeFile(path.join(dir, "layers", b, "install"), `#!/bin/sh\nset -e\nqemu-img create -q -f qcow2 "$DBUILD_OUTPUT" 8M\nqemu-io -f qcow2 -c "write -P 0x${b.slice(1)}1 0 64k" "$DBUILD_OUTPUT" >/dev/null\n`, { mode: 0o755 });
+      await fs.mkdir(path.join(dir, "targets"), { recursive: true });
+      await fs.writeFile(path.join(dir, "targets", b), "");
+    }
+    await fs.writeFile(path.join(dir, "demobuild.yaml"), `cache: {from: "${url}", to: "${url}"}\n`);
+    return dir;
+  }
+  const cli = (cwd: string, ...args: string[]) => dbuild(["--progress", "json", ...args], { cwd });
+
+  it("pushes behind the build, shards split the work, another copy's plan sees hits and its build pulls", async () => {
+    const url = reg.url.replace(/\/sync$/, "/yaml");
+    const one = await baseProject("yaml1", url);
+    const first = await cli(one, "all");
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.events.filter((e) => e.type === "step" && String(e.detail).startsWith("pushed")).length).toBe(3);
+    // CI runs each shard on its own runner, from the same plan: one fresh copy per shard.
+    const a = await baseProject("yaml-shard-a", reg.url.replace(/\/sync$/, "/shards"));
+    const b = await baseProject("yaml-shard-b", reg.url.replace(/\/sync$/, "/shards"));
+    const [ra, rb] = [await cli(a, "all", "--shard", "1/2"), await cli(b, "all", "--shard", "2/2")];
+    const doneA = stacksOf(ra, "node-done");
+    const doneB = stacksOf(rb, "node-done");
+    expect([...doneA, ...doneB].sort()).toEqual(["b1", "b2", "b3"]);
+    expect(doneA.filter((s) => doneB.includes(s))).toEqual([]);
+    // the yaml cache got every node pushed by the first project
+    const two = await baseProject("yaml2", url);
+    const plan = JSON.parse((await dbuild(["plan", "--json"], { cwd: two })).stdout) as { nodes: Array<{ remote?: string }> };
+    expect(plan.nodes.map((n) => n.remote)).toEqual(["hit", "hit", "hit"]);
+    expect((await dbuild(["plan", "--matrix"], { cwd: two })).stdout).toBe('{"include":[]}\n');
+    const r = await cli(two, "all");
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.events.filter((e) => e.type === "node-done" && e.pulled === true).length).toBe(3);
+    expect(r.events.some((e) => e.type === "step" && e.step === "install-host")).toBe(false);
   });
 });
