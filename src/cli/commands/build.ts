@@ -121,7 +121,7 @@ export interface RunBuildExtras {
 
 export async function runBuild(root: string, stacks: "all" | string[], o: BuildCliOptions, extras: RunBuildExtras = {}): Promise<number> {
   if (o.dryRun) {
-    return runPlan(root, stacks, { json: o.json ?? false, dot: o.dot ?? false }, (p: Project) => new Store(p.settings.buildDir));
+    return runPlan(root, stacks, { json: o.json ?? false, dot: o.dot ?? false, ...(o.cacheFrom ? { cache: o.cacheFrom } : {}) }, (p: Project) => new Store(p.settings.buildDir));
   }
   const project = await loadProject(root);
   const jobs = parseJobs(o.jobs, project);
