@@ -30,8 +30,8 @@ import type { Layer, LayerKind } from "../project/types.js";
 import { isEditorNoise } from "../util/editor-noise.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
-import { SMALL_FILE } from "./statcache.js";
-import type { StatCache } from "./statcache.js";
+import { DIR, FILE, LINK, OTHER, RACY_MS, SMALL_FILE } from "./statcache.js";
+import type { DirEnt, DirRec, Ent, FileEnt, LayerRec, LinkEnt, StatCache } from "./statcache.js";
 import type { InputManifest, NodeKey } from "./types.js";
 
 export const FORMAT_VERSION = "1";
@@ -39,132 +39,249 @@ export const FORMAT_VERSION = "1";
 const HASH_CONCURRENCY = 16;
 
 const EXEC = fsc.S_IXUSR | fsc.S_IXGRP | fsc.S_IXOTH;
+const EXTRAS = ["install", "layer.yaml", "convert"] as const;
 
 interface PendingFile {
+  w: Walk;
   abs: string;
-  /** Manifest name: "file:<relpath>". */
-  name: string;
-  st: Stats;
+  ent: FileEnt;
+  size: number;
 }
 
+/** One layer's walk against the record of its previous walk. */
 interface Walk {
   layer: Layer;
-  manifest: InputManifest;
-  files: PendingFile[];
+  cache: StatCache;
   problems: Problem[];
+  pending: PendingFile[];
+  /** Start of the walk: anything changed less than RACY_MS before it is not trusted next time. */
+  now: number;
+  /** Every listing, file stat, symlink target and entry kind matched the previous walk. */
+  hit: boolean;
 }
 
 function errCode(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
 }
 
-/** Walk as `rsync -rL` copies: symlinks followed, a symlink back to an ancestor is a loop. */
-function walkFollow(w: Walk, abs: string, rel: string, ancestors: Set<string>, real: string): void {
-  let ents;
+const settled = (w: Walk, st: Stats): boolean => w.now - Math.max(st.mtimeMs, st.ctimeMs) >= RACY_MS;
+
+function relWhere(w: Walk, abs: string): string {
+  const rel = path.relative(w.layer.dir, abs);
+  return rel ? `layers/${w.layer.name}/${rel}` : `layers/${w.layer.name}`;
+}
+
+function kindOf(st: Stats): Ent[1] {
+  return st.isFile() ? FILE : st.isDirectory() ? DIR : st.isSymbolicLink() ? LINK : OTHER;
+}
+
+const isDirRec = (v: unknown): v is DirRec => Array.isArray(v) && v.length === 2 && Array.isArray(v[1]);
+
+/** A file's entry: the previous digest when its stat matches, else queued for hashing. */
+function fileEnt(w: Walk, abs: string, name: string, st: Stats, prev: Ent | undefined): FileEnt {
+  w.cache.stats.files++;
+  const exec = (st.mode & EXEC) !== 0 ? 1 : 0;
+  if (prev?.[1] === FILE && prev[2] === st.size && prev[3] === st.mtimeMs && prev[4] === st.ctimeMs && prev[5] === st.ino && typeof prev[6] === "string") {
+    // chmod moves ctime, so the exec bit matches too; checked anyway, a wrong layer digest costs a wrong image.
+    if (prev[7] !== exec) w.hit = false;
+    return [name, FILE, st.size, st.mtimeMs, st.ctimeMs, st.ino, prev[6], exec];
+  }
+  w.hit = false;
+  const ent: FileEnt = [name, FILE, settled(w, st) ? st.size : -1, st.mtimeMs, st.ctimeMs, st.ino, "", exec];
+  w.pending.push({ w, abs, ent, size: st.size });
+  return ent;
+}
+
+/**
+ * Walk one directory whose stat (following symlinks or not, as the caller walks) is `st`. Reuses the
+ * previous listing when the directory's (mtime, ctime, inode) match it; `follow` walks as `rsync -rL`
+ * copies (symlinks followed, a symlink back to an ancestor is a loop; `real` is this directory's real
+ * path and `ancestors` the real paths above it), otherwise symlinks are recorded by target text only.
+ */
+function walkDir(w: Walk, abs: string, st: Stats, prev: DirRec | undefined, follow: boolean, ancestors: Set<string>, real: string): DirRec {
+  const ps = prev?.[0];
+  const trusted = ps !== undefined && ps !== 0 && ps[0] === st.mtimeMs && ps[1] === st.ctimeMs && ps[2] === st.ino;
+  const ents: Ent[] = [];
+  const rec: DirRec = [settled(w, st) ? [st.mtimeMs, st.ctimeMs, st.ino] : 0, ents];
+  if (trusted) {
+    for (const pe of prev![1]) visit(w, abs, pe[0], pe[1], pe, ents, follow, ancestors, real);
+    return rec;
+  }
+  w.hit = false;
+  w.cache.listing(abs);
+  let dirents;
   try {
-    ents = readdirSync(abs, { withFileTypes: true });
+    dirents = readdirSync(abs, { withFileTypes: true });
   } catch (e) {
-    w.problems.push({ reason: "unreadable", where: relWhere(w.layer, rel), message: `cannot read directory: ${(e as Error).message}` });
+    w.problems.push({ reason: "unreadable", where: relWhere(w, abs), message: `cannot read directory: ${(e as Error).message}` });
+    rec[0] = 0;
+    return rec;
+  }
+  const byName = new Map<string, Ent>();
+  if (prev) for (const pe of prev[1]) if (Array.isArray(pe)) byName.set(pe[0], pe);
+  for (const d of dirents) {
+    if (isEditorNoise(d.name)) continue; // rsync excludes them too (vm/rsync.ts)
+    const kind = d.isSymbolicLink() ? LINK : d.isDirectory() ? DIR : d.isFile() ? FILE : OTHER;
+    visit(w, abs, d.name, kind, byName.get(d.name), ents, follow, ancestors, real);
+  }
+  return rec;
+}
+
+function visit(w: Walk, dir: string, name: string, kind: Ent[1], prev: Ent | undefined, ents: Ent[], follow: boolean, ancestors: Set<string>, real: string): void {
+  const abs = `${dir}/${name}`;
+  if (kind === FILE || kind === DIR) {
+    const st = lstatSync(abs, { throwIfNoEntry: false });
+    if (st === undefined) {
+      w.hit = false; // vanished while we walked
+      return;
+    }
+    const now = kindOf(st);
+    if (now !== kind) {
+      // Replaced behind a listing we trusted (or since readdir): take it as what it is now.
+      w.hit = false;
+      if (now !== FILE && now !== DIR) {
+        visit(w, dir, name, now, undefined, ents, follow, ancestors, real);
+        return;
+      }
+    }
+    if (now === FILE) ents.push(fileEnt(w, abs, name, st, prev));
+    else {
+      const sub = follow ? `${real}/${name}` : "";
+      if (follow) ancestors.add(sub);
+      ents.push([name, DIR, walkDir(w, abs, st, prev?.[1] === DIR && isDirRec(prev[2]) ? prev[2] : undefined, follow, ancestors, sub)]);
+      if (follow) ancestors.delete(sub);
+    }
     return;
   }
-  for (const e of ents) {
-    if (isEditorNoise(e.name)) continue; // rsync excludes them too (vm/rsync.ts)
-    const a = `${abs}/${e.name}`;
-    const r = `${rel}/${e.name}`;
-    if (e.isSymbolicLink()) {
-      w.manifest[`link:${r}`] = readlinkSync(a);
-      let st: Stats;
-      try {
-        st = statSync(a);
-      } catch (err) {
-        const code = errCode(err);
-        w.problems.push(
-          code === "ELOOP"
-            ? { reason: "symlink-loop", where: relWhere(w.layer, r), message: "symlink loop", hint: "fix or remove the symlink: rsync -L cannot copy it" }
-            : { reason: "dangling-symlink", where: relWhere(w.layer, r), message: `symlink to ${JSON.stringify(w.manifest[`link:${r}`])} points nowhere`, hint: "fix or remove the symlink: rsync -L cannot copy it" },
-        );
-        continue;
-      }
-      if (st.isDirectory()) {
-        const target = realpathSync(a);
-        if (ancestors.has(target)) {
-          w.problems.push({ reason: "symlink-loop", where: relWhere(w.layer, r), message: `symlink to ${JSON.stringify(w.manifest[`link:${r}`])} loops back to a directory that contains it`, hint: "point it elsewhere or remove it: rsync -L would copy forever" });
-          continue;
-        }
-        w.manifest[`dir:${r}`] = "dir";
-        ancestors.add(target);
-        walkFollow(w, a, r, ancestors, target);
-        ancestors.delete(target);
-      } else if (st.isFile()) {
-        w.files.push({ abs: a, name: `file:${r}`, st });
-      }
-      // rsync -r without -D skips sockets, fifos and devices: so do we.
-    } else if (e.isDirectory()) {
-      const sub = `${real}/${e.name}`;
-      w.manifest[`dir:${r}`] = "dir";
-      ancestors.add(sub);
-      walkFollow(w, a, r, ancestors, sub);
-      ancestors.delete(sub);
-    } else if (e.isFile()) {
-      w.files.push({ abs: a, name: `file:${r}`, st: statSync(a) });
-    }
-  }
-}
-
-/** Walk without following symlinks (base layers: the directory is the input, as is). */
-function walkPlain(w: Walk, abs: string, rel: string): void {
-  let ents;
-  try {
-    ents = readdirSync(abs, { withFileTypes: true });
-  } catch (e) {
-    w.problems.push({ reason: "unreadable", where: relWhere(w.layer, rel), message: `cannot read directory: ${(e as Error).message}` });
+  if (kind === OTHER) {
+    // rsync -r without -D skips sockets, fifos and devices: so do we (they stay listed, unkeyed).
+    if (prev?.[1] !== OTHER) w.hit = false;
+    ents.push([name, OTHER]);
     return;
   }
-  for (const e of ents) {
-    if (isEditorNoise(e.name)) continue;
-    const a = `${abs}/${e.name}`;
-    const r = rel ? `${rel}/${e.name}` : e.name;
-    if (e.isSymbolicLink()) w.manifest[`link:${r}`] = readlinkSync(a);
-    else if (e.isDirectory()) {
-      w.manifest[`dir:${r}`] = "dir";
-      walkPlain(w, a, r);
-    } else if (e.isFile()) w.files.push({ abs: a, name: `file:${r}`, st: statSync(a) });
-  }
-}
-
-function relWhere(layer: Layer, rel: string): string {
-  return rel ? `layers/${layer.name}/${rel}` : `layers/${layer.name}`;
-}
-
-function walkLayer(layer: Layer): Walk {
-  const w: Walk = { layer, manifest: {}, files: [], problems: [] };
-  if (layer.kind === "base") {
-    walkPlain(w, layer.dir, "");
-    return w;
-  }
-  for (const extra of ["install", "layer.yaml", "convert"]) {
-    const a = path.join(layer.dir, extra);
-    let st: Stats;
-    try {
-      st = lstatSync(a);
-    } catch {
-      continue;
-    }
-    if (st.isSymbolicLink()) w.manifest[`link:${extra}`] = readlinkSync(a);
-    else if (st.isFile()) w.files.push({ abs: a, name: `file:${extra}`, st });
-  }
-  const target = path.join(layer.dir, "target");
-  let tst: Stats | undefined;
+  let target: string;
   try {
-    tst = statSync(target);
-  } catch {
-    tst = undefined;
+    target = readlinkSync(abs);
+  } catch (e) {
+    w.hit = false;
+    if (errCode(e) === "EINVAL") {
+      // no longer a symlink
+      const st = lstatSync(abs, { throwIfNoEntry: false });
+      if (st !== undefined) visit(w, dir, name, kindOf(st), undefined, ents, follow, ancestors, real);
+    }
+    return;
   }
+  const plink = prev?.[1] === LINK ? prev : undefined;
+  if (plink?.[2] !== target) w.hit = false;
+  const ent: LinkEnt = [name, LINK, target];
+  ents.push(ent);
+  if (!follow) return;
+  let st: Stats;
+  try {
+    st = statSync(abs);
+  } catch (err) {
+    w.hit = false;
+    const where = relWhere(w, abs);
+    const hint = "fix or remove the symlink: rsync -L cannot copy it";
+    w.problems.push(
+      errCode(err) === "ELOOP"
+        ? { reason: "symlink-loop", where, message: "symlink loop", hint }
+        : { reason: "dangling-symlink", where, message: `symlink to ${JSON.stringify(target)} points nowhere`, hint },
+    );
+    return;
+  }
+  const pf = plink?.[3];
+  if (st.isDirectory()) {
+    const to = realpathSync.native(abs);
+    if (ancestors.has(to)) {
+      w.hit = false;
+      w.problems.push({ reason: "symlink-loop", where: relWhere(w, abs), message: `symlink to ${JSON.stringify(target)} loops back to a directory that contains it`, hint: "point it elsewhere or remove it: rsync -L would copy forever" });
+      return;
+    }
+    ancestors.add(to);
+    const d: DirEnt = ["", DIR, walkDir(w, abs, st, pf?.[1] === DIR && isDirRec(pf[2]) ? pf[2] : undefined, true, ancestors, to)];
+    ancestors.delete(to);
+    ent.push(d);
+  } else if (st.isFile()) {
+    ent.push(fileEnt(w, abs, "", st, pf));
+  } else if (pf !== undefined) {
+    w.hit = false;
+  }
+}
+
+/** The synthetic top of a non-base layer: install, layer.yaml, convert (symlinks not followed), target/ (followed). */
+function walkTop(w: Walk, prev: DirRec | undefined): DirRec {
+  const ents: Ent[] = [];
+  const prevEnts = prev?.[1] ?? [];
+  const prevOf = (name: string): Ent | undefined => prevEnts.find((e) => Array.isArray(e) && e[0] === name);
+  for (const extra of EXTRAS) {
+    const a = `${w.layer.dir}/${extra}`;
+    const st = lstatSync(a, { throwIfNoEntry: false });
+    if (st === undefined) continue;
+    const pe = prevOf(extra);
+    if (st.isSymbolicLink()) {
+      const target = readlinkSync(a);
+      if (pe?.[1] !== LINK || pe[2] !== target) w.hit = false;
+      ents.push([extra, LINK, target]);
+    } else if (st.isFile()) {
+      ents.push(fileEnt(w, a, extra, st, pe));
+    }
+  }
+  const target = `${w.layer.dir}/target`;
+  const tst = statSync(target, { throwIfNoEntry: false });
   if (tst?.isDirectory()) {
-    const real = realpathSync(target);
-    walkFollow(w, target, "target", new Set([real]), real);
+    const real = realpathSync.native(target);
+    const pe = prevOf("target");
+    ents.push(["target", DIR, walkDir(w, target, tst, pe?.[1] === DIR && isDirRec(pe[2]) ? pe[2] : undefined, true, new Set([real]), real)]);
   }
-  return w;
+  if (ents.length !== prevEnts.length) w.hit = false;
+  return [0, ents];
+}
+
+/** The "file:", "link:", "dir:" entries of a walked layer. */
+export function manifestOf(kind: LayerKind, top: DirRec): InputManifest {
+  const m: InputManifest = {};
+  const add = (e: Ent, r: string): void => {
+    switch (e[1]) {
+      case FILE:
+        m[`file:${r}`] = e[7] ? `${e[6]}:x` : e[6];
+        break;
+      case DIR:
+        m[`dir:${r}`] = "dir";
+        addDir(e[2], r);
+        break;
+      case LINK:
+        m[`link:${r}`] = e[2];
+        if (e[3]) add(e[3], r);
+        break;
+      case OTHER:
+        break;
+    }
+  };
+  const addDir = (d: DirRec, rel: string): void => {
+    for (const e of d[1]) add(e, rel ? `${rel}/${e[0]}` : e[0]);
+  };
+  if (kind === "base") addDir(top, "");
+  else {
+    for (const e of top[1]) {
+      // target/ itself is no entry: only what rsync copies out of it is
+      if (e[1] === DIR) addDir(e[2], e[0]);
+      else add(e, e[0]);
+    }
+  }
+  return m;
+}
+
+function walkLayer(layer: Layer, cache: StatCache, now: number): { w: Walk; prev: LayerRec | undefined; top: DirRec } {
+  const w: Walk = { layer, cache, problems: [], pending: [], now, hit: true };
+  const prev = cache.previous(layer.dir);
+  if (layer.kind !== "base") return { w, prev, top: walkTop(w, prev?.top) };
+  const st = statSync(layer.dir, { throwIfNoEntry: false });
+  if (!st?.isDirectory()) {
+    w.problems.push({ reason: "unreadable", where: `layers/${layer.name}`, message: "cannot read directory: it is gone" });
+    return { w, prev, top: [0, []] };
+  }
+  return { w, prev, top: walkDir(w, layer.dir, st, prev?.top, false, new Set(), "") };
 }
 
 /** Files hashed synchronously between two yields to the event loop (so aborts and signals get through). */
@@ -172,11 +289,28 @@ const SYNC_BATCH = 64;
 
 const yieldToLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
 
+/** The file part of a layer's manifest, and its digest. */
 export interface LayerFiles {
-  /** "file:", "link:", "dir:" entries of the layer. */
-  manifest: InputManifest;
+  /** "file:", "link:", "dir:" entries of the layer (built on first use when the digest was reused). */
+  readonly manifest: InputManifest;
   /** sha256 of the canonical JSON of `manifest`: how the files enter every node key of this layer. */
-  digest: string;
+  readonly digest: string;
+}
+
+class WalkedLayer implements LayerFiles {
+  private m: InputManifest | undefined;
+  constructor(
+    private readonly kind: LayerKind,
+    private readonly top: DirRec,
+    readonly digest: string,
+    manifest?: InputManifest,
+  ) {
+    this.m = manifest;
+  }
+
+  get manifest(): InputManifest {
+    return (this.m ??= manifestOf(this.kind, this.top));
+  }
 }
 
 /**
@@ -188,32 +322,24 @@ export async function layerManifests(
   cache: StatCache,
   signal?: AbortSignal,
 ): Promise<Map<string, LayerFiles>> {
-  const walks = [...layers].map(walkLayer);
-  const problems = walks.flatMap((w) => w.problems);
+  const now = Date.now();
+  const walks = [...layers].map((l) => walkLayer(l, cache, now));
+  const problems = walks.flatMap(({ w }) => w.problems);
   if (problems.length) throw new DbuildError(problems);
-  const small: { w: Walk; f: PendingFile }[] = [];
-  const large: { w: Walk; f: PendingFile }[] = [];
-  const put = (w: Walk, f: PendingFile, digest: string): void => {
-    w.manifest[f.name] = (f.st.mode & EXEC) !== 0 ? `${digest}:x` : digest;
+  const small: PendingFile[] = [];
+  const large: PendingFile[] = [];
+  for (const { w } of walks) for (const f of w.pending) (f.size <= SMALL_FILE ? small : large).push(f);
+  const unreadable = (f: PendingFile, e: unknown): void => {
+    problems.push({ reason: "unreadable", where: relWhere(f.w, f.abs), message: `cannot read: ${(e as Error).message}` });
   };
-  const unreadable = (w: Walk, f: PendingFile, e: unknown): void => {
-    problems.push({ reason: "unreadable", where: relWhere(w.layer, f.name.slice(5)), message: `cannot read: ${(e as Error).message}` });
-  };
-  for (const w of walks) {
-    for (const f of w.files) {
-      const hit = cache.lookup(f.abs, f.st);
-      if (hit !== undefined) put(w, f, hit);
-      else (f.st.size <= SMALL_FILE ? small : large).push({ w, f });
-    }
-  }
   const bigJobs = pool(
     large,
     HASH_CONCURRENCY,
-    async ({ w, f }) => {
+    async (f) => {
       try {
-        put(w, f, await cache.hash(f.abs, f.st));
+        f.ent[6] = await cache.hash(f.abs, f.size);
       } catch (e) {
-        unreadable(w, f, e);
+        unreadable(f, e);
       }
     },
     signal,
@@ -223,16 +349,27 @@ export async function layerManifests(
       await yieldToLoop();
       signal?.throwIfAborted();
     }
-    const { w, f } = small[i]!;
+    const f = small[i]!;
     try {
-      put(w, f, cache.hashSync(f.abs, f.st));
+      f.ent[6] = cache.hashSync(f.abs, f.size);
     } catch (e) {
-      unreadable(w, f, e);
+      unreadable(f, e);
     }
   }
   await bigJobs;
   if (problems.length) throw new DbuildError(problems);
-  return new Map(walks.map((w) => [w.layer.name, { manifest: w.manifest, digest: sha256(canonicalJson(w.manifest)) }]));
+  const out = new Map<string, LayerFiles>();
+  for (const { w, prev, top } of walks) {
+    if (w.hit && prev !== undefined) {
+      out.set(w.layer.name, new WalkedLayer(w.layer.kind, top, prev.digest));
+      continue;
+    }
+    const manifest = manifestOf(w.layer.kind, top);
+    const digest = sha256(canonicalJson(manifest));
+    cache.update(w.layer.dir, { digest, top });
+    out.set(w.layer.name, new WalkedLayer(w.layer.kind, top, digest, manifest));
+  }
+  return out;
 }
 
 async function pool<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>, signal?: AbortSignal): Promise<void> {

@@ -1,26 +1,77 @@
 /**
- * The stat cache: (path, size, mtime, ctime, inode) -> sha256, so unchanged files are never re-read.
- * Lives in `<buildDir>/.dbuild/statcache.json`; loaded once per plan, written atomically (temp file +
- * rename) and only when something changed.
+ * The stat cache: what the last walk of each layer saw, so unchanged files are never re-read and an
+ * unchanged layer is not even re-serialised. Lives in `<buildDir>/.dbuild/statcache.json`; loaded once
+ * per plan, written atomically (temp file + rename) and only when something changed.
+ *
+ * One record per layer dir: the files digest of the layer (see fingerprint.ts) and the tree it was
+ * computed from: for every directory its listing and (mtime, ctime, inode), for every file
+ * (size, mtime, ctime, inode) and sha256, for every symlink its target text. A layer owns its records:
+ * a directory reached from two layers (through symlinks) is recorded in both, so one layer's walk can
+ * never make another layer's digest look current.
+ *
+ * - A file whose size, mtime, ctime and inode all match is not read again (content edits move mtime or
+ *   ctime; chmod moves ctime).
+ * - A directory whose (mtime, ctime, inode) match is not listed again: creating, removing or renaming an
+ *   entry moves the directory's mtime (git's untracked cache relies on the same). Its files are still
+ *   stat'ed one by one: editing a file does not touch its directory.
+ * - A layer where every directory, file and symlink matched keeps its digest, and its manifest is only
+ *   built when someone asks for it.
  *
  * Racy entries: a file written in the same timestamp tick as our stat could change again without its
  * mtime/ctime moving. As git does with its index, an entry whose ctime/mtime is within RACY_MS of the
- * moment we looked is not trusted on the next run (it is simply not stored, so it gets hashed again).
+ * moment the walk started is not trusted on the next run (it is recorded as untrusted, so it is hashed,
+ * or its directory listed, again).
  */
 import { createHash } from "node:crypto";
-import { createReadStream, readFileSync } from "node:fs";
-import type { Stats } from "node:fs";
+import { createReadStream, readFileSync, statSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { FileDigest } from "./types.js";
 
-const VERSION = 1;
-const RACY_MS = 100;
+/**
+ * Bump when the records' layout or the way fingerprint.ts turns a walk into a digest changes: a stored
+ * layer digest is only reused by the code that made it.
+ */
+const VERSION = 2;
+export const RACY_MS = 100;
 /** Files up to this size are read in one call; larger ones are streamed. */
 export const SMALL_FILE = 1 << 20;
 
-/** [size, mtimeMs, ctimeMs, ino, sha256], plus in memory a 1 once looked at in this run. */
-type Entry = [number, number, number, number, string, number?];
+/** What a walk needs of a stat: numbers only, so records compare without Stats objects. */
+export interface StatLike {
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  ino: number;
+  mode: number;
+}
+
+export const FILE = 0;
+export const DIR = 1;
+export const LINK = 2;
+/** Sockets, fifos, devices: listed (so a listing compares) but never copied nor keyed. */
+export const OTHER = 3;
+
+/**
+ * A regular file (or, as the `followed` part of a symlink, what it points to). size is -1 when the
+ * stat cannot be trusted next time (racy): the digest is still right for this run.
+ */
+export type FileEnt = [name: string, t: typeof FILE, size: number, mtimeMs: number, ctimeMs: number, ino: number, digest: string, exec: 0 | 1];
+export type DirEnt = [name: string, t: typeof DIR, dir: DirRec];
+/** A symlink: its target text, and in trees walked as `rsync -L` does, what it resolves to. */
+export type LinkEnt = [name: string, t: typeof LINK, target: string, followed?: FileEnt | DirEnt];
+export type OtherEnt = [name: string, t: typeof OTHER];
+export type Ent = FileEnt | DirEnt | LinkEnt | OtherEnt;
+/** A directory: [mtimeMs, ctimeMs, ino] when its listing can be trusted next time (else 0), its entries. */
+export type DirRec = [st: [number, number, number] | 0, ents: Ent[]];
+
+/** What the last walk of one layer saw. */
+export interface LayerRec {
+  /** Files digest of the layer (sha256 of the canonical JSON of its file entries). */
+  digest: string;
+  /** The walked tree; for non-base layers a synthetic top whose entries are install, layer.yaml, convert, target. */
+  top: DirRec;
+}
 
 export interface HashStats {
   /** Files whose digest was asked for. */
@@ -41,21 +92,25 @@ export async function sha256File(file: string, size: number): Promise<FileDigest
 }
 
 export class StatCache {
-  private readonly entries: Map<string, Entry>;
+  /** Layer records by layer dir relative to the root. */
+  private readonly layers: Map<string, LayerRec>;
+  private readonly seen = new Set<string>();
   private readonly rootSlash: string;
   private dirty = false;
   readonly stats: HashStats = { files: 0, hashed: 0, bytesHashed: 0 };
   /** Test hook: called for every file actually read. */
   onHash?: (relPath: string) => void;
+  /** Test hook: called for every directory actually listed (its previous listing could not be reused). */
+  onList?: (relPath: string) => void;
 
   private constructor(
     /** Cache file path, or undefined for an in-memory cache that is never saved. */
     readonly file: string | undefined,
     /** Keys are paths relative to this root (keeps the cache small and the project movable). */
     readonly root: string,
-    entries: Map<string, Entry>,
+    layers: Map<string, LayerRec>,
   ) {
-    this.entries = entries;
+    this.layers = layers;
     this.rootSlash = root.endsWith("/") ? root : `${root}/`;
   }
 
@@ -70,95 +125,85 @@ export class StatCache {
   /** Load the cache; a missing or unreadable cache is an empty one (it is only an optimisation). */
   static async load(buildDir: string, root: string): Promise<StatCache> {
     const file = StatCache.cachePath(buildDir);
-    const entries = new Map<string, Entry>();
+    const layers = new Map<string, LayerRec>();
     try {
-      const data = JSON.parse(await fs.readFile(file, "utf8")) as { version?: number; root?: string; entries?: Record<string, Entry> };
-      if (data.version === VERSION && data.root === root && data.entries) {
-        for (const [k, v] of Object.entries(data.entries)) if (Array.isArray(v) && v.length === 5) entries.set(k, v);
+      const data = JSON.parse(await fs.readFile(file, "utf8")) as { version?: number; root?: string; layers?: Record<string, unknown> };
+      if (data.version === VERSION && data.root === root && data.layers) {
+        for (const [k, v] of Object.entries(data.layers)) {
+          // Only the outer shape is checked: a record is only ever compared against a fresh walk, and a
+          // malformed one simply fails to match (see fingerprint.ts).
+          if (Array.isArray(v) && v.length === 2 && typeof v[0] === "string" && isDirRec(v[1])) layers.set(k, { digest: v[0], top: v[1] });
+        }
       }
     } catch {
       // absent or corrupt: start empty
     }
-    return new StatCache(file, root, entries);
+    return new StatCache(file, root, layers);
   }
 
   private keyOf(absPath: string): string {
     return absPath.startsWith(this.rootSlash) ? absPath.slice(this.rootSlash.length) : path.relative(this.root, absPath);
   }
 
-  /** The cached digest if size, mtime, ctime and inode all match; never reads the file. */
-  lookup(absPath: string, st: Stats): FileDigest | undefined {
-    this.stats.files++;
-    const e = this.entries.get(this.keyOf(absPath));
-    // Marking the entry itself (rather than a set of keys) saves hashing every path twice.
-    if (e) e[5] = 1;
-    if (e && e[0] === st.size && e[1] === st.mtimeMs && e[2] === st.ctimeMs && e[3] === st.ino) return e[4] as FileDigest;
-    return undefined;
+  /** The record of the last walk of the layer in `layerDir`, if any. */
+  previous(layerDir: string): LayerRec | undefined {
+    const k = this.keyOf(layerDir);
+    this.seen.add(k);
+    return this.layers.get(k);
   }
 
-  /** Record a digest computed from `st` (taken before reading) at time `lookedAt`. */
-  private store(absPath: string, st: Stats, digest: FileDigest, lookedAt: number): void {
-    const key = this.keyOf(absPath);
-    this.stats.hashed++;
-    this.stats.bytesHashed += st.size;
-    if (lookedAt - Math.max(st.mtimeMs, st.ctimeMs) >= RACY_MS) {
-      this.entries.set(key, [st.size, st.mtimeMs, st.ctimeMs, st.ino, digest, 1]);
-      this.dirty = true;
-    } else if (this.entries.delete(key)) {
-      this.dirty = true;
-    }
+  /** Tell the test hook a directory is being listed. */
+  listing(absDir: string): void {
+    this.onList?.(this.keyOf(absDir));
+  }
+
+  /** Replace the record of a layer after a walk that did not match the previous one in every detail. */
+  update(layerDir: string, rec: LayerRec): void {
+    this.layers.set(this.keyOf(layerDir), rec);
+    this.dirty = true;
   }
 
   /**
    * Hash a file the cache could not vouch for. Small files are read synchronously: on a cold plan of
    * thousands of ~10 KB files, a thread-pool round trip per file costs more than the read itself.
    */
-  hashSync(absPath: string, st: Stats): FileDigest {
-    const lookedAt = Date.now();
+  hashSync(absPath: string, size: number): FileDigest {
     this.onHash?.(this.keyOf(absPath));
     const digest = createHash("sha256").update(readFileSync(absPath)).digest("hex") as FileDigest;
-    this.store(absPath, st, digest, lookedAt);
+    this.stats.hashed++;
+    this.stats.bytesHashed += size;
     return digest;
   }
 
-  async hash(absPath: string, st: Stats): Promise<FileDigest> {
-    const lookedAt = Date.now();
+  async hash(absPath: string, size: number): Promise<FileDigest> {
     this.onHash?.(this.keyOf(absPath));
-    const digest = await sha256File(absPath, st.size);
-    this.store(absPath, st, digest, lookedAt);
+    const digest = await sha256File(absPath, size);
+    this.stats.hashed++;
+    this.stats.bytesHashed += size;
     return digest;
-  }
-
-  /** Digest of a file, given its stat (which must follow symlinks as the copy will). */
-  async digest(absPath: string, st: Stats): Promise<FileDigest> {
-    return this.lookup(absPath, st) ?? this.hash(absPath, st);
   }
 
   /**
-   * Write the cache if it changed. Entries not looked at in this run are kept when their file still
-   * exists (a plan of one stack must not evict every other layer) and dropped when it vanished.
+   * Write the cache if it changed. Records of layers not walked in this run are kept when their
+   * directory still exists (a plan of one stack must not evict every other layer) and dropped when it
+   * vanished.
    */
   async save(): Promise<void> {
     if (!this.file) return;
-    const unseen = [...this.entries].filter(([, e]) => e[5] !== 1).map(([k]) => k);
-    await Promise.all(
-      unseen.map(async (k) => {
-        try {
-          await fs.stat(path.join(this.root, k));
-        } catch {
-          this.entries.delete(k);
-          this.dirty = true;
-        }
-      }),
-    );
+    for (const k of [...this.layers.keys()]) {
+      if (this.seen.has(k)) continue;
+      if (!statSync(path.join(this.root, k), { throwIfNoEntry: false })?.isDirectory()) {
+        this.layers.delete(k);
+        this.dirty = true;
+      }
+    }
     if (!this.dirty) return;
     await fs.mkdir(path.dirname(this.file), { recursive: true });
     const tmp = `${this.file}.${process.pid}.${Date.now()}.tmp`;
-    const entries: Record<string, Entry> = {};
-    for (const [k, e] of this.entries) entries[k] = [e[0], e[1], e[2], e[3], e[4]];
-    const obj = { version: VERSION, root: this.root, entries };
+    const layers: Record<string, [string, DirRec]> = {};
+    for (const [k, r] of this.layers) layers[k] = [r.digest, r.top];
     try {
-      await fs.writeFile(tmp, JSON.stringify(obj));
+      await fs.writeFile(tmp, JSON.stringify({ version: VERSION, root: this.root, layers }));
       await fs.rename(tmp, this.file);
     } catch (e) {
       await fs.rm(tmp, { force: true });
@@ -166,4 +211,8 @@ export class StatCache {
     }
     this.dirty = false;
   }
+}
+
+function isDirRec(v: unknown): v is DirRec {
+  return Array.isArray(v) && v.length === 2 && Array.isArray(v[1]);
 }

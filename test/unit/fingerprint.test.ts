@@ -201,9 +201,9 @@ describe("stat cache", () => {
     expect((await fs.stat(cacheFile)).mtimeMs).toBe(m1);
     await fx.remove("layers/web/target/tmp.txt");
     await plan();
-    const entries = Object.keys((JSON.parse(await fs.readFile(cacheFile, "utf8")) as { entries: object }).entries);
-    expect(entries).toContain("layers/web/target/install");
-    expect(entries).not.toContain("layers/web/target/tmp.txt");
+    const text = await fs.readFile(cacheFile, "utf8");
+    expect(text).toContain('"install"');
+    expect(text).not.toContain("tmp.txt");
   });
 
   it("keeps entries of layers a partial plan did not look at", async () => {
