@@ -22,7 +22,7 @@
  * Timestamps never count. targets/ values also reach intermediate installs as environment, but only
  * finalizing nodes are keyed by them: one intermediate node is shared by many targets.
  */
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { constants as fsc, lstatSync, readdirSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import type { Stats } from "node:fs";
 import * as path from "node:path";
@@ -83,7 +83,9 @@ function fileEnt(w: Walk, abs: string, name: string, st: Stats, prev: Ent | unde
   const exec = (st.mode & EXEC) !== 0 ? 1 : 0;
   if (prev?.[1] === FILE && prev[2] === st.size && prev[3] === st.mtimeMs && prev[4] === st.ctimeMs && prev[5] === st.ino && typeof prev[6] === "string") {
     // chmod moves ctime, so the exec bit matches too; checked anyway, a wrong layer digest costs a wrong image.
-    if (prev[7] !== exec) w.hit = false;
+    // The previous entry is then this entry, word for word: reuse it rather than allocate one per file.
+    if (prev[7] === exec && prev[0] === name) return prev;
+    w.hit = false;
     return [name, FILE, st.size, st.mtimeMs, st.ctimeMs, st.ino, prev[6], exec];
   }
   w.hit = false;
@@ -384,7 +386,8 @@ async function pool<T>(items: readonly T[], n: number, fn: (item: T) => Promise<
   await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
 }
 
-const sha256 = (s: string): string => createHash("sha256").update(s).digest("hex");
+// One-shot hashing: no Hash object per call (thousands of small strings per plan).
+const sha256 = (s: string): string => hash("sha256", s, "hex");
 
 export interface NodeInputArgs {
   kind: LayerKind;

@@ -3,15 +3,19 @@
  * share micro:web and micro). Every node has at most one parent, so the DAG is a forest rooted at bases.
  */
 import { Graph, alg } from "@dagrejs/graphlib";
-import { parentOf, prefixes } from "../project/stack.js";
+import { parentOf } from "../project/stack.js";
 
 export function buildGraph(stacks: readonly string[]): Graph {
   const g = new Graph({ directed: true });
   for (const s of stacks) {
-    for (const p of prefixes(s)) {
-      g.setNode(p);
+    // Longest prefix first, stopping at the first one already in the graph with its edges: targets share
+    // most of their prefixes. (setEdge adds a missing parent node itself, so look before it does.)
+    for (let p: string | null = g.hasNode(s) ? null : s; p !== null; ) {
       const parent = parentOf(p);
+      const known = parent === null || g.hasNode(parent);
+      g.setNode(p);
       if (parent !== null) g.setEdge(parent, p);
+      p = known ? null : parent;
     }
   }
   return g;

@@ -25,23 +25,23 @@ export interface PlanOptions {
 export function resolveStacks(project: Project, requested: "all" | readonly string[]): string[] {
   const all = project.targets.map((t) => t.stack);
   const list = requested === "all" ? all : requested.flatMap((s) => (s === "all" ? all : [s]));
+  const targets = new Set(all);
   const problems: Problem[] = [];
-  const out: string[] = [];
+  const out = new Set<string>();
   for (const s of list) {
-    if (out.includes(s)) continue;
-    const isTarget = project.targets.some((t) => t.stack === s);
-    const r = parseStack(s, project.layers, isTarget ? `targets/${s}` : "command line");
+    if (out.has(s)) continue;
+    const r = parseStack(s, project.layers, targets.has(s) ? `targets/${s}` : "command line");
     if (Array.isArray(r)) problems.push(...r);
-    else out.push(s);
+    else out.add(s);
   }
   if (problems.length) throw new DbuildError(problems);
-  return out;
+  return [...out];
 }
 
 /** Settings that key a node: finalizing nodes get the targets/ values over MEM/CPUS/NAME defaults. */
-export function nodeSettings(project: Project, stack: string, layer: Layer): Record<string, string> {
+export function nodeSettings(project: Project, stack: string, layer: Layer, targetByStack?: ReadonlyMap<string, Target>): Record<string, string> {
   if (layer.kind !== "finalizing") return {};
-  const t = project.targets.find((x) => x.stack === stack);
+  const t = targetByStack ? targetByStack.get(stack) : project.targets.find((x) => x.stack === stack);
   return {
     MEM: String(project.settings.defaults.mem),
     CPUS: String(project.settings.defaults.cpus),
@@ -66,6 +66,8 @@ export function buildSteps(layer: Layer, parent: string | null): string[] {
 }
 
 function userPath(root: string, p: string): string {
+  // The usual case (build dir inside the project) without path.relative's resolving, once per node.
+  if (p.startsWith(root) && p[root.length] === "/" && !p.includes("/..") && !p.includes("/./")) return p.slice(root.length + 1);
   const rel = path.relative(root, p);
   return rel && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : p;
 }
@@ -88,7 +90,13 @@ export async function makePlan(
   opts.signal?.throwIfAborted();
 
   const targetsOf = new Map<string, string[]>();
-  for (const t of stacks) for (const p of prefixes(t)) targetsOf.set(p, [...(targetsOf.get(p) ?? []), t]);
+  for (const t of stacks) {
+    for (const p of prefixes(t)) {
+      const list = targetsOf.get(p);
+      if (list) list.push(t);
+      else targetsOf.set(p, [t]);
+    }
+  }
   const targetByStack = new Map<string, Target>(project.targets.map((t) => [t.stack, t]));
 
   const nodes = new Map<string, PlanNode>();
@@ -96,7 +104,7 @@ export async function makePlan(
     const layer = layerOf(stack);
     const parent = (g.predecessors(stack) ?? [])[0] ?? null;
     const parentNode = parent === null ? undefined : nodes.get(parent);
-    const settings = nodeSettings(project, stack, layer);
+    const settings = nodeSettings(project, stack, layer, targetByStack);
     const files = manifests.get(layer.name)!;
     const scalars = nodeScalars({ kind: layer.kind, layer: layer.name, parentKey: parentNode?.key ?? null, settings });
     const key = nodeKeyFrom(scalars, files.digest);
