@@ -49,6 +49,8 @@ export type BuildEvent =
       keptDisk?: string;
     }
   | { type: "node-skipped"; time: number; stack: string; reason: string }
+  /** Something went wrong that does not fail the build (e.g. a remote-cache push). */
+  | { type: "warning"; time: number; stack?: string; message: string }
   | {
       type: "build-done";
       time: number;

@@ -53,6 +53,7 @@ export class JunitReporter implements Reporter {
       case "node-start":
       case "step":
       case "output":
+      case "warning":
         break;
       default:
         unreachable(e);

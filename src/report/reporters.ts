@@ -67,6 +67,9 @@ export class PlainReporter implements Reporter {
       case "node-skipped":
         line(e.stack, `not built: ${e.reason}`);
         break;
+      case "warning":
+        this.write(`${hms(e.time)} ${e.stack ? `${e.stack}: ` : ""}warning: ${e.message}\n`);
+        break;
       case "build-done":
         for (const l of summaryLines(e)) this.write(`${hms(e.time)} ${l}\n`);
         break;
@@ -150,6 +153,9 @@ export class TtyReporter implements Reporter {
         break;
       case "node-skipped":
         this.above(`${pc.yellow("-")} ${e.stack} ${pc.dim(`not built: ${e.reason}`)}`);
+        break;
+      case "warning":
+        this.above(`${pc.yellow("warning")} ${e.stack ? `${e.stack}: ` : ""}${e.message}`);
         break;
       case "build-done":
         this.running.clear();

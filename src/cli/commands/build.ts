@@ -115,8 +115,6 @@ export function interruptController(): { signal: AbortSignal; dispose: () => voi
 export interface RunBuildExtras {
   reporters?: Reporter[];
   hooks?: Pick<BuildOptions, "tryPull" | "afterPublish">;
-  /** Filter the stale work (e.g. --shard). */
-  select?: (stacks: string[]) => Set<string>;
 }
 
 export async function runBuild(root: string, stacks: "all" | string[], o: BuildCliOptions, extras: RunBuildExtras = {}): Promise<number> {
@@ -138,10 +136,6 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
   try {
     await store.cleanTmp();
     const plan = await makePlan(project, stacks, store);
-    if (extras.select) {
-      const keep = extras.select(plan.nodes.filter((n) => n.status === "stale").map((n) => n.stack));
-      for (const n of plan.nodes) if (n.status === "stale" && !keep.has(n.stack)) n.status = "fresh";
-    }
     if (shard) {
       const keep = shardSelect(plan.nodes, shard);
       for (const n of plan.nodes) if (n.status === "stale" && !keep.has(n.stack)) n.status = "fresh";

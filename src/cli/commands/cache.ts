@@ -26,10 +26,6 @@ function problemText(e: unknown): string {
   return e instanceof DbuildError ? e.problems.map(formatProblem).join("\n  ") : errorMessage(e);
 }
 
-/** Warnings go to stderr so they also stand out from --progress json on stdout. */
-function warn(text: string): void {
-  process.stderr.write(`${pc.yellow("warning")} ${text}\n`);
-}
 
 export interface CacheHooks {
   hooks: Pick<BuildOptions, "tryPull" | "afterPublish">;
@@ -51,6 +47,7 @@ export function cacheHooks(
   signal: AbortSignal,
 ): CacheHooks {
   const urls = cacheUrls(flags, project.settings.cache);
+  const warn = (stack: string | undefined, message: string): void => emit({ type: "warning", time: Date.now(), ...(stack ? { stack } : {}), message });
   const byStack = new Map(plan.nodes.map((n) => [n.stack, n]));
   const parentRecord = async (node: PlanNode): Promise<NodeRecord | undefined> =>
     node.parent ? store.record(byStack.get(node.parent)!.key) : undefined;
@@ -80,7 +77,7 @@ export function cacheHooks(
         return false;
       } catch (e) {
         if (sig.aborted) throw e;
-        warn(`${node.stack}: pull from ${urls.from} failed, building it instead:\n  ${problemText(e)}`);
+        warn(node.stack, `pull from ${urls.from} failed, building it instead:\n  ${problemText(e)}`);
         if (isUnreachable(e)) disabled = true;
         return false;
       }
@@ -104,7 +101,7 @@ export function cacheHooks(
           emit({ type: "step", time: Date.now(), stack: node.stack, step: "publish", detail: r.existed ? `already in ${to.client.ref.url}` : `pushed ${mib(r.bytes)} to ${to.client.ref.url}` });
         } catch (e) {
           if (signal.aborted) return;
-          warn(`${node.stack}: push to ${urls.to} failed (the local build is unaffected):\n  ${problemText(e)}`);
+          warn(node.stack, `push to ${urls.to} failed (the local build is unaffected):\n  ${problemText(e)}`);
           if (isUnreachable(e)) unreachable = true;
         }
       });
@@ -115,7 +112,7 @@ export function cacheHooks(
     hooks,
     drain: async () => {
       await queue;
-      if (skipped > 0) warn(`${skipped} more node(s) not pushed: ${urls.to ?? ""} is unreachable; run \`dbuild push\` later`);
+      if (skipped > 0) warn(undefined, `${skipped} more node(s) not pushed: ${urls.to ?? ""} is unreachable; run \`dbuild push\` later`);
     },
   };
 }

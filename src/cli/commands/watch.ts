@@ -99,6 +99,10 @@ export class WatchTextRenderer {
         this.write(`${hms(e.time)} shell on ${c.bold(e.stack)} (up in ${secs(e.bootSeconds)}):  dbuild ssh ${e.disk}\n`);
         this.write(`  or: ${e.ssh}\n`);
         break;
+      case "warning":
+        this.endLine();
+        this.write(`${hms(e.time)} ${c.yellow("warning")} ${e.stack ? `${e.stack}: ` : ""}${e.message}\n`);
+        break;
       case "watch-shell-failed":
         this.endLine();
         this.write(`${hms(e.time)} ${c.red("shell failed")} ${e.stack}: ${e.message}\n`);
