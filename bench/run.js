@@ -1,5 +1,5 @@
 // npm run bench [-- NAME...]: runs bench/NAME.bench.js (all of them by default); each writes
-// docs/bench/NAME.md, and this script joins those sections into docs/benchmarks.md.
+// docs/bench/NAME.md, and this script joins those sections into docs/benchmarks.md (`-- --join`: only that).
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -8,7 +8,10 @@ import { fileURLToPath } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
 const all = fs.readdirSync(here).filter((f) => f.endsWith(".bench.js")).map((f) => f.replace(/\.bench\.js$/, "")).sort();
-const wanted = process.argv.slice(2).length ? process.argv.slice(2) : all;
+// --join: only rebuild docs/benchmarks.md from the sections already measured.
+const args = process.argv.slice(2);
+const joinOnly = args.includes("--join");
+const wanted = joinOnly ? [] : args.length ? args : all;
 let failed = 0;
 for (const name of wanted) {
   if (!all.includes(name)) {
