@@ -181,7 +181,8 @@ export async function remoteStatus(
     }
   };
   await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 8, Math.max(1, queue.length)) }, worker));
-  return out;
+  // In the order asked, whatever order the answers came in.
+  return new Map([...new Set(keys)].map((k) => [k, out.get(k) ?? false]));
 }
 
 /** The cache URLs in effect: command-line flags win over demobuild.yaml's `cache: {from, to}`. */
