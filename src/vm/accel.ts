@@ -3,6 +3,7 @@
  * firmware or asserts on an MSR. So "auto" really boots SeaBIOS under KVM for a moment and waits for the
  * firmware to reach its boot phase; the answer is cached (per host boot) so it costs once.
  */
+import { randomBytes } from "node:crypto";
 import { spawn } from "node:child_process";
 import { constants, promises as fs } from "node:fs";
 import path from "node:path";
@@ -95,11 +96,16 @@ export async function kvmUsable(opts: { cacheFile?: string; signal?: AbortSignal
   const r = await memo;
   if (r.detail === "probe aborted") memo = undefined;
   else if (opts.cacheFile) {
+    // Best effort, and race-safe: VMs started at once (-j2) all get here with the same answer.
     const c: CacheFile = { ...r, bootId: id, probedAt: new Date().toISOString() };
-    await fs.mkdir(path.dirname(opts.cacheFile), { recursive: true });
-    const tmp = `${opts.cacheFile}.${process.pid}.tmp`;
-    await fs.writeFile(tmp, JSON.stringify(c, null, 2) + "\n");
-    await fs.rename(tmp, opts.cacheFile);
+    const tmp = `${opts.cacheFile}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`;
+    try {
+      await fs.mkdir(path.dirname(opts.cacheFile), { recursive: true });
+      await fs.writeFile(tmp, JSON.stringify(c, null, 2) + "\n");
+      await fs.rename(tmp, opts.cacheFile);
+    } catch {
+      await fs.rm(tmp, { force: true });
+    }
   }
   return r;
 }
