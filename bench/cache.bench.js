@@ -4,61 +4,16 @@
 //   CACHE_BENCH_BUILDS (default 1): cold builds of the chain (each boots two VMs)
 //   CACHE_BENCH_PULLS (default 5): pulls into an empty build dir, alternately `dbuild pull` and
 //   `dbuild all --cache-from` (the CI form)
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
-import { createServer } from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { loadavg, median, microImage, root, writeSection } from "./lib.js";
+import { loadavg, median, microImage, root, startRegistry, writeSection } from "./lib.js";
 
 const BUILDS = Number(process.env.CACHE_BENCH_BUILDS ?? 1);
 const PULLS = Number(process.env.CACHE_BENCH_PULLS ?? 5);
 const bin = path.join(root, "bin", "dbuild.js");
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function startRegistry(dir) {
-  fs.mkdirSync(dir, { recursive: true });
-  const port = await freePort();
-  const cfg = path.join(dir, "config.yml");
-  fs.writeFileSync(
-    cfg,
-    `version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: ${path.join(dir, "data")}}, delete: {enabled: true}}
-http: {addr: "127.0.0.1:${port}"}
-`,
-  );
-  const child = spawn("/usr/bin/docker-registry", ["serve", cfg], { stdio: "ignore" });
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}/v2/`, { signal: AbortSignal.timeout(1000) });
-      if (r.status === 200) break;
-    } catch {
-      // not up yet
-    }
-    if (Date.now() > deadline) throw new Error("docker-registry did not start");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    url: `oci://127.0.0.1:${port}/bench`,
-    stop: async () => {
-      child.kill("SIGTERM");
-      await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));
-    },
-  };
-}
 
 /** A project like the e2e tests': micro imported from the test image, layers a and b. */
 function makeProject(micro, tmp, name) {

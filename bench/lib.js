@@ -1,6 +1,7 @@
 // Shared bench helpers: the micro test image (built by the test helper's cache) and medians.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import * as fs from "node:fs";
+import { createServer } from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -39,4 +40,50 @@ export function writeSection(name, md) {
   fs.mkdirSync(path.join(root, "docs", "bench"), { recursive: true });
   fs.writeFileSync(path.join(root, "docs", "bench", `${name}.md`), md);
   console.log(md);
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Debian's docker-registry on 127.0.0.1 with its storage under `dir`; resolves once /v2/ answers. */
+export async function startRegistry(dir) {
+  fs.mkdirSync(dir, { recursive: true });
+  const port = await freePort();
+  const cfg = path.join(dir, "config.yml");
+  fs.writeFileSync(
+    cfg,
+    `version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: ${path.join(dir, "data")}}, delete: {enabled: true}}
+http: {addr: "127.0.0.1:${port}"}
+`,
+  );
+  const child = spawn("/usr/bin/docker-registry", ["serve", cfg], { stdio: "ignore" });
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/v2/`, { signal: AbortSignal.timeout(1000) });
+      if (r.status === 200) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error("docker-registry did not start");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    port,
+    url: `oci://127.0.0.1:${port}/bench`,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));
+    },
+  };
 }

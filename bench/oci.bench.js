@@ -4,61 +4,18 @@
 // Each round starts a fresh registry, so neither tool finds the blob already there (skopeo keeps a blob
 // location cache keyed by registry host and would otherwise mount instead of uploading), and alternates
 // which tool goes first so the page cache favours neither.
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
-import { createServer } from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { OciClient, nodeManifest, OCI_MANIFEST } from "../dist/cache/oci.js";
+import { startRegistry } from "./lib.js";
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const ROUNDS = Number(process.env.OCI_BENCH_ROUNDS ?? 5);
 const MiB = 1024 * 1024;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function startRegistry(dir) {
-  const port = await freePort();
-  const cfg = path.join(dir, "config.yml");
-  fs.writeFileSync(
-    cfg,
-    `version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: ${path.join(dir, "data")}}, delete: {enabled: true}}
-http: {addr: "127.0.0.1:${port}"}
-`,
-  );
-  const child = spawn("/usr/bin/docker-registry", ["serve", cfg], { stdio: "ignore" });
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}/v2/`, { signal: AbortSignal.timeout(1000) });
-      if (r.status === 200) break;
-    } catch {
-      // not up yet
-    }
-    if (Date.now() > deadline) throw new Error("docker-registry did not start");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    port,
-    stop: async () => {
-      child.kill("SIGTERM");
-      await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));
-    },
-  };
-}
 
 /** A real qcow2 of ~200 MiB: a raw disk with random data in half of each 128 KiB, converted. */
 function makeQcow2(dir) {
