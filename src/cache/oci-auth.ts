@@ -6,7 +6,7 @@
 import { readFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { execa } from "execa";
+import { loadExeca } from "../util/lazy.js";
 
 export interface Challenge {
   /** Lower-cased auth scheme: "bearer", "basic", ... */
@@ -169,6 +169,7 @@ export async function dockerCredentials(
  */
 export async function credentialHelper(name: string, authority: string, opts: CredentialOptions = {}): Promise<Credentials | undefined> {
   if (!/^[A-Za-z0-9._-]+$/.test(name)) return undefined;
+  const execa = await loadExeca();
   const r = await execa(`docker-credential-${name}`, ["get"], {
     input: authority,
     reject: false,
