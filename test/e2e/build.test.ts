@@ -8,6 +8,7 @@ import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dbuild, stacksOf, startDbuild } from "../helpers/cli.js";
 import { makeVmProject, type VmProject } from "../helpers/vmproject.js";
+import { killQemuOf, qemuOf } from "../helpers/processes.js";
 
 let p: VmProject;
 const run = (...args: string[]) => dbuild(["--progress", "json", ...args], { cwd: p.root });
@@ -15,13 +16,6 @@ const built = async (...args: string[]) => {
   const r = await run(...args);
   return { r, done: stacksOf(r, "node-done").sort() };
 };
-function qemuOf(root: string): string[] {
-  try {
-    return execFileSync("pgrep", ["-af", `qemu-system.*${root}`], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
-  } catch {
-    return [];
-  }
-}
 
 beforeAll(async () => {
   p = await makeVmProject();
@@ -33,7 +27,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const line of qemuOf(p.root)) process.kill(Number(line.split(" ")[0]), "SIGKILL");
+  killQemuOf(p.root);
   await p.cleanup();
 });
 

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dbuild, stacksOf, startDbuild, type CliResult } from "../helpers/cli.js";
 import { startRegistry, type TestRegistry } from "../helpers/registry.js";
 import { makeVmProject, type VmProject } from "../helpers/vmproject.js";
+import { killQemuOf, qemuOf } from "../helpers/processes.js";
 
 const BUILD_MS = 900_000;
 const STACKS = ["micro", "micro:a", "micro:a:b"];
@@ -37,13 +38,6 @@ async function plan(p: VmProject, ...args: string[]): Promise<JsonPlan> {
   return JSON.parse(r.stdout) as JsonPlan;
 }
 
-function qemuOf(root: string): string[] {
-  try {
-    return execFileSync("pgrep", ["-af", `qemu-system.*${root}`], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
-  } catch {
-    return [];
-  }
-}
 
 /** Stacks that booted a VM in this run (a `boot` step event). */
 const booted = (r: CliResult): string[] => r.events.filter((e) => e.type === "step" && e.step === "boot").map((e) => String(e.stack));
@@ -67,7 +61,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const p of projects) {
-    for (const line of qemuOf(p.root)) process.kill(Number(line.split(" ")[0]), "SIGKILL");
+    killQemuOf(p.root);
     await p.cleanup();
   }
   await reg.stop();

@@ -3,12 +3,12 @@
  * an empty build dir, with the real micro base layer built from Debian packages. Then a no-op run, and
  * the web layer's page served by the built image.
  */
-import { execFileSync } from "node:child_process";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dbuild, repoRoot, stacksOf } from "../helpers/cli.js";
+import { killQemuOf } from "../helpers/processes.js";
 
 let root: string;
 
@@ -20,13 +20,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  try {
-    for (const line of execFileSync("pgrep", ["-af", `qemu-system.*${root}`], { encoding: "utf8" }).trim().split("\n")) {
-      if (line) process.kill(Number(line.split(" ")[0]), "SIGKILL");
-    }
-  } catch {
-    /* none left: good */
-  }
+  killQemuOf(root);
   await fs.rm(root, { recursive: true, force: true });
 });
 

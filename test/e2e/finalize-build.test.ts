@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { repoRoot, stacksOf, startDbuild, type CliResult } from "../helpers/cli.js";
 import { makeVmProject, type VmProject } from "../helpers/vmproject.js";
+import { killQemuOf } from "../helpers/processes.js";
 
 const formats = ["openstack", "vagrant", "vsphere", "raw"] as const;
 const stacks = formats.map((f) => `micro:${f}`);
@@ -28,13 +29,6 @@ async function build(...args: string[]): Promise<CliResult> {
   }
 }
 
-function qemuOf(root: string): string[] {
-  try {
-    return execFileSync("pgrep", ["-af", `qemu-system.*${root}`], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
-  } catch {
-    return [];
-  }
-}
 
 function imgInfo(file: string): Record<string, unknown> {
   return JSON.parse(execFileSync("qemu-img", ["info", "--output=json", "-U", file], { encoding: "utf8" })) as Record<string, unknown>;
@@ -73,7 +67,7 @@ afterAll(async () => {
     await Promise.race([new Promise((r) => c.once("exit", r)), new Promise((r) => setTimeout(r, 10_000))]);
     if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
   }
-  for (const line of qemuOf(p.root)) process.kill(Number(line.split(" ")[0]), "SIGKILL");
+  killQemuOf(p.root);
   await p.cleanup();
 });
 

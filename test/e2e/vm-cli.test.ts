@@ -7,19 +7,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dbuild, repoRoot } from "../helpers/cli.js";
 import { ensureMicroImage } from "../helpers/micro.js";
 import { imageInfo } from "../../src/vm/image.js";
+import { alive } from "../helpers/processes.js";
 
 let root: string;
 let object: string;
 const pids: number[] = [];
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 beforeAll(async () => {
   const micro = await ensureMicroImage();

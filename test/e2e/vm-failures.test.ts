@@ -1,5 +1,5 @@
 /** The VM runtime when things go wrong: a guest that never answers, an interrupted dbuild. */
-import { execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -8,6 +8,7 @@ import { ensureMicroImage, makeChild } from "../helpers/micro.js";
 import { repoRoot } from "../helpers/cli.js";
 import { startVm } from "../../src/vm/qemu.js";
 import { DbuildError } from "../../src/util/errors.js";
+import { pgrep } from "../helpers/processes.js";
 
 let dir: string;
 beforeAll(() => {
@@ -15,13 +16,6 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function pgrep(marker: string): string {
-  try {
-    return execFileSync("pgrep", ["-f", marker], { encoding: "utf8" }).trim();
-  } catch {
-    return "";
-  }
-}
 
 describe("VM failures", () => {
   it("a guest without an agent times out with the serial console in the error, and QEMU is gone", async () => {

@@ -9,19 +9,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ensureMicroImage, makeChild, type MicroImage } from "../helpers/micro.js";
 import { startVm, type QemuVm } from "../../src/vm/qemu.js";
 import { DbuildError } from "../../src/util/errors.js";
+import { alive } from "../helpers/processes.js";
 
 let micro: MicroImage;
 let dir: string;
 let vm: QemuVm | undefined;
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function run(cmd: string, env?: Record<string, string>) {
   let out = "";

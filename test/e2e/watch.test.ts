@@ -3,24 +3,18 @@
  * inputs change under it, nothing for a touch or an edit elsewhere, a clean Ctrl-C, and --shell.
  * One watch process serves the first tests (as a user's session would), to keep VM boots few.
  */
-import { execFileSync, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dbuild, startDbuild, type CliResult } from "../helpers/cli.js";
 import { makeVmProject, type VmProject } from "../helpers/vmproject.js";
+import { killQemuOf, qemuOf } from "../helpers/processes.js";
 
 type Ev = CliResult["events"][number];
 
 let p: VmProject;
 
-function qemuOf(root: string): string[] {
-  try {
-    return execFileSync("pgrep", ["-af", `qemu-system.*${root}`], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
-  } catch {
-    return [];
-  }
-}
 
 /** A running `dbuild watch --progress json`, with its events parsed as they arrive. */
 class WatchProc {
@@ -87,7 +81,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const line of qemuOf(p.root)) process.kill(Number(line.split(" ")[0]), "SIGKILL");
+  killQemuOf(p.root);
   await p.cleanup();
 });
 

@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import { accelArgs, kvmUsable } from "../../src/vm/accel.js";
 import { randomMac } from "../../src/vm/ports.js";
+import { pgrep } from "../helpers/processes.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 let dir: string;
@@ -16,13 +17,6 @@ afterEach(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-function pgrep(marker: string): string {
-  try {
-    return execFileSync("pgrep", ["-f", marker], { encoding: "utf8" }).trim();
-  } catch {
-    return "";
-  }
-}
 
 // Runs the compiled registry (dist/, built by `npm test`), as the real CLI does.
 describe("VM cleanup registry", () => {
