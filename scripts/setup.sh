@@ -16,7 +16,8 @@ sudo=""
 # check OVF descriptors with xmllint (libxml2-utils).
 packages=(qemu-system-x86 qemu-utils rsync openssh-client e2fsprogs fdisk syslinux syslinux-common mtools
   dosfstools cpio xz-utils zstd tar gzip ca-certificates)
-[ "$what" = test ] && packages+=(docker-registry skopeo git libxml2-utils)
+# busybox-static: the finalizer clean-up test parses and runs the guest scripts under busybox sh.
+[ "$what" = test ] && packages+=(docker-registry skopeo git libxml2-utils busybox-static)
 
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
