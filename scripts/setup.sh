@@ -14,10 +14,12 @@ sudo=""
 # (mkfs.ext4 -d), fdisk (sfdisk), syslinux + mtools + dosfstools (the boot partition), cpio (initramfs),
 # xz/zstd (kernel modules). Tests also start a real OCI registry (docker-registry), use skopeo, and
 # check OVF descriptors with xmllint (libxml2-utils).
-packages=(qemu-system-x86 qemu-utils rsync openssh-client e2fsprogs fdisk syslinux syslinux-common mtools
+packages=(qemu-system-x86 qemu-utils rsync openssh-client e2fsprogs fdisk syslinux syslinux-common mtools fakeroot
   dosfstools cpio xz-utils zstd tar gzip ca-certificates)
-# busybox-static: the finalizer clean-up test parses and runs the guest scripts under busybox sh.
-[ "$what" = test ] && packages+=(docker-registry skopeo git libxml2-utils busybox-static)
+# busybox-static: the finalizer clean-up test parses and runs the guest scripts under busybox sh; procps: pgrep.
+# fakeroot: the micro base layer builds its rootfs under it when dbuild does not run as root.
+# test/unit/host-tools.test.ts fails when code, layers, utils or tests run a command not installed here.
+[ "$what" = test ] && packages+=(docker-registry skopeo git libxml2-utils busybox-static procps)
 
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
