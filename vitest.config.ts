@@ -2,8 +2,8 @@ import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
-    // e2e tests boot real VMs under TCG: give them room.
-    testTimeout: 120_000,
+    // e2e tests boot real VMs under TCG: give them room (a loaded 2-core machine runs a three-node build in minutes).
+    testTimeout: 300_000,
     hookTimeout: 300_000,
     projects: [
       { extends: true, test: { name: "unit", include: ["test/unit/**/*.test.ts"] } },
