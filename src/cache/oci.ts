@@ -12,7 +12,7 @@ import { open, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { ReadableStream } from "node:stream/web";
 import { pipeline } from "node:stream/promises";
-import type { NodeKey } from "../plan/types.js";
+import type { NodeKey } from "../model/plan.js";
 import { DbuildError, errorMessage } from "../util/errors.js";
 import type { Challenge, Credentials } from "./oci-auth.js";
 import { basicAuthorization, dockerConfigPath, dockerCredentials, parseWwwAuthenticate, tokenUrl } from "./oci-auth.js";

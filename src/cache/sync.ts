@@ -14,10 +14,10 @@
  */
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import type { NodeKey, PlanNode } from "../plan/types.js";
+import type { NodeKey, PlanNode } from "../model/plan.js";
 import { qemuImg } from "../store/qemu-img.js";
 import type { Store } from "../store/store.js";
-import type { NodeRecord } from "../store/types.js";
+import type { NodeRecord } from "../model/store.js";
 import { DbuildError } from "../util/errors.js";
 import { OciClient, type OciClientOptions } from "./oci.js";
 

@@ -7,7 +7,7 @@
 import { Command, CommanderError } from "commander";
 import pc from "picocolors";
 import { DbuildError, formatProblem } from "../util/errors.js";
-import { addBuildOptions, projectRoot, registerBuildCommands, runBuild, type BuildCliOptions } from "./commands/build.js";
+import { addBuildOptions, registerBuildCommands, runBuild, type BuildCliOptions } from "./commands/build.js";
 import { registerPlanCommands } from "./commands/plan.js";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerGcCommand } from "./commands/gc.js";
@@ -15,6 +15,7 @@ import { registerCacheCommands } from "./commands/cache.js";
 import { registerWatchCommands, runWatch } from "./commands/watch.js";
 import { Store } from "../store/store.js";
 import type { Project } from "../project/types.js";
+import { projectRoot } from "./shared.js";
 
 interface RootOptions extends BuildCliOptions {
   watch?: string[];

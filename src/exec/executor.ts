@@ -10,12 +10,12 @@
  */
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import type { Plan, PlanNode } from "../plan/types.js";
+import type { Plan, PlanNode } from "../model/plan.js";
 import type { Layer, Project } from "../project/types.js";
 import type { BuildEvent, Step } from "../report/events.js";
 import { qemuImg } from "../store/qemu-img.js";
 import type { Store } from "../store/store.js";
-import type { NodeRecord } from "../store/types.js";
+import type { NodeRecord } from "../model/store.js";
 import { userCacheDir } from "../store/user-cache.js";
 import { errorMessage } from "../util/errors.js";
 import { ensureProjectKey } from "../vm/keys.js";

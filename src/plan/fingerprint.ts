@@ -32,7 +32,7 @@ import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
 import { DIR, FILE, LINK, OTHER, RACY_MS, SMALL_FILE } from "./statcache.js";
 import type { DirEnt, DirRec, Ent, FileEnt, LayerRec, LinkEnt, StatCache } from "./statcache.js";
-import type { InputManifest, NodeKey } from "./types.js";
+import type { InputManifest, NodeKey } from "../model/plan.js";
 
 export const FORMAT_VERSION = "1";
 /** Large files streamed at once on a cold cache: enough to keep libuv's threads and the disk busy. */

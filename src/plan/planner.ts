@@ -6,13 +6,13 @@ import { existsSync } from "node:fs";
 import * as path from "node:path";
 import { parseStack, prefixes } from "../project/stack.js";
 import type { Layer, Project, Target } from "../project/types.js";
-import type { StoreView } from "../store/types.js";
+import type { StoreView } from "../model/store.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
 import { layerManifests, nodeKeyFrom, nodeScalars } from "./fingerprint.js";
 import { buildGraph, topoOrder } from "./graph.js";
 import { StatCache } from "./statcache.js";
-import type { InputManifest, Plan, PlanNode } from "./types.js";
+import type { InputManifest, Plan, PlanNode } from "../model/plan.js";
 import { describeChanges, diffInputs } from "./why.js";
 
 export interface PlanOptions {

@@ -27,7 +27,7 @@ import { createHash } from "node:crypto";
 import { createReadStream, readFileSync, statSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import type { FileDigest } from "./types.js";
+import type { FileDigest } from "../model/plan.js";
 
 /**
  * Bump when the records' layout or the way fingerprint.ts turns a walk into a digest changes: a stored

@@ -2,8 +2,8 @@
  * Input diffs: what changed between the inputs an image was built from and the inputs of a node now.
  * `dbuild why` prints them; the planner turns them into plain-words staleness reasons.
  */
-import type { InputManifest, PlanNode } from "./types.js";
-import type { NodeRecord } from "../store/types.js";
+import type { InputManifest, PlanNode } from "../model/plan.js";
+import type { NodeRecord } from "../model/store.js";
 
 export type ChangeKind = "added" | "removed" | "changed";
 

@@ -2,7 +2,7 @@
  * Plan renderers: a tree for people, JSON for programs, Graphviz for pictures; plus `why` output.
  */
 import pc from "picocolors";
-import type { Plan, PlanNode } from "../plan/types.js";
+import type { Plan, PlanNode } from "../model/plan.js";
 import { shortValue } from "../plan/why.js";
 import type { InputChange } from "../plan/why.js";
 

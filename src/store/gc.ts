@@ -9,7 +9,7 @@
  */
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import type { NodeKey } from "../plan/types.js";
+import type { NodeKey } from "../model/plan.js";
 import type { Store } from "./store.js";
 
 export interface GcResult {

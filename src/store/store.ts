@@ -21,8 +21,8 @@ import { createHash, randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
-import type { NodeKey } from "../plan/types.js";
-import type { NodeRecord, StoreView } from "./types.js";
+import type { NodeKey } from "../model/plan.js";
+import type { NodeRecord, StoreView } from "../model/store.js";
 import { qemuImg } from "./qemu-img.js";
 import { pathExists } from "../util/fs.js";
 

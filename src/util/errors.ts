@@ -39,3 +39,8 @@ export function unreachable(x: never): never {
 export function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
+
+/** A thrown error as one text: every problem of a DbuildError (later ones indented), else the message. */
+export function problemText(e: unknown): string {
+  return e instanceof DbuildError ? e.problems.map(formatProblem).join("\n  ") : errorMessage(e);
+}

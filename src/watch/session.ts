@@ -7,7 +7,7 @@
 import * as path from "node:path";
 import { build, type BuildResult } from "../exec/executor.js";
 import { makePlan, resolveStacks } from "../plan/planner.js";
-import type { NodeKey, Plan, PlanNode } from "../plan/types.js";
+import type { NodeKey, Plan, PlanNode } from "../model/plan.js";
 import { loadProject } from "../project/load.js";
 import type { Project } from "../project/types.js";
 import type { BuildEvent } from "../report/events.js";

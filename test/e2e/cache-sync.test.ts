@@ -10,9 +10,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RemoteCache } from "../../src/cache/sync.js";
-import type { NodeKey, PlanNode } from "../../src/plan/types.js";
+import type { NodeKey, PlanNode } from "../../src/model/plan.js";
 import { Store } from "../../src/store/store.js";
-import type { NodeRecord } from "../../src/store/types.js";
+import type { NodeRecord } from "../../src/model/store.js";
 import { dbuild, stacksOf } from "../helpers/cli.js";
 import { startRegistry, type TestRegistry } from "../helpers/registry.js";
 

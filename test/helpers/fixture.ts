@@ -5,8 +5,8 @@
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
-import type { NodeKey, Plan, PlanNode } from "../../src/plan/types.js";
-import type { NodeRecord, StoreView } from "../../src/store/types.js";
+import type { NodeKey, Plan, PlanNode } from "../../src/model/plan.js";
+import type { NodeRecord, StoreView } from "../../src/model/store.js";
 
 /** A file's content, a file with a mode, a symlink, or an (empty) directory. */
 export type Entry = string | { content: string; mode?: number } | { symlink: string } | { dir: true };

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { loadProject } from "../../src/project/load.js";
 import { makePlan } from "../../src/plan/planner.js";
 import { StatCache } from "../../src/plan/statcache.js";
-import type { Plan } from "../../src/plan/types.js";
+import type { Plan } from "../../src/model/plan.js";
 import { FakeStore, demoProject, exe, writeFixture } from "../helpers/fixture.js";
 import type { Description, Fixture } from "../helpers/fixture.js";
 

@@ -5,7 +5,7 @@ import { loadProject } from "../../src/project/load.js";
 import { canonicalJson, nodeKey } from "../../src/plan/fingerprint.js";
 import { makePlan } from "../../src/plan/planner.js";
 import { StatCache } from "../../src/plan/statcache.js";
-import type { Plan } from "../../src/plan/types.js";
+import type { Plan } from "../../src/model/plan.js";
 import { DbuildError } from "../../src/util/errors.js";
 import { FakeStore, demoProject, exe, writeFixture } from "../helpers/fixture.js";
 import type { Description, Fixture } from "../helpers/fixture.js";

@@ -7,10 +7,10 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { NodeKey } from "../../src/plan/types.js";
+import type { NodeKey } from "../../src/model/plan.js";
 import { collectGarbage, qcow2Backing } from "../../src/store/gc.js";
 import { Store } from "../../src/store/store.js";
-import type { NodeRecord } from "../../src/store/types.js";
+import type { NodeRecord } from "../../src/model/store.js";
 
 let root: string;
 let store: Store;

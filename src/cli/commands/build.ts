@@ -1,9 +1,8 @@
 /**
  * `dbuild all`, `dbuild build STACK...`, `dbuild STACK...`: wire project -> plan -> executor -> reporters.
  */
-import * as os from "node:os";
 import type { Command } from "commander";
-import lockfile from "proper-lockfile";
+import { cacheHooks } from "../../exec/cache-hooks.js";
 import { build, type BuildOptions } from "../../exec/executor.js";
 import { makePlan } from "../../plan/planner.js";
 import { loadProject } from "../../project/load.js";
@@ -11,13 +10,10 @@ import type { Project } from "../../project/types.js";
 import type { BuildEvent, Reporter } from "../../report/events.js";
 import { MultiReporter } from "../../report/events.js";
 import { JunitReporter } from "../../report/junit.js";
-import { JsonReporter, PlainReporter, TtyReporter } from "../../report/reporters.js";
 import { Store } from "../../store/store.js";
-import { DbuildError } from "../../util/errors.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
-import { runPlan } from "./plan.js";
-import { cacheHooks } from "./cache.js";
 import { parseShard, shardSelect } from "../../cache/shard.js";
+import { interruptController, lockBuildDir, makeReporter, parseJobs, projectRoot, runPlan } from "../shared.js";
 
 export interface BuildCliOptions {
   jobs?: string;
@@ -46,70 +42,6 @@ export function addBuildOptions(cmd: Command): Command {
     .option("--cache-from <url>", "pull stale nodes from this OCI cache (oci://HOST[:PORT]/REPO) instead of building them")
     .option("--cache-to <url>", "push every node built to this OCI cache (a failed push is a warning)")
     .option("--shard <i/n>", "build only share I of N of the stale nodes (CI; use with a shared cache)");
-}
-
-export function projectRoot(cmd: Command): string {
-  const o = cmd.optsWithGlobals<{ dir?: string }>();
-  return o.dir ?? process.cwd();
-}
-
-export function makeReporter(mode: string | undefined): Reporter {
-  const write = (s: string): void => {
-    process.stdout.write(s);
-  };
-  const m = mode ?? (process.stdout.isTTY ? "tty" : "plain");
-  switch (m) {
-    case "tty":
-      return new TtyReporter(write);
-    case "plain":
-      return new PlainReporter(write);
-    case "json":
-      return new JsonReporter(write);
-    default:
-      throw new DbuildError({ reason: "bad-option", where: "--progress", message: `unknown mode "${m}"`, hint: "use tty, plain or json" });
-  }
-}
-
-export function parseJobs(v: string | undefined, project: Project): number {
-  if (v === undefined) return project.settings.jobs;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new DbuildError({ reason: "bad-option", where: "-j", message: `"${v}" is not a positive whole number`, hint: `e.g. -j ${os.availableParallelism()}` });
-  }
-  return n;
-}
-
-/** Hold the build dir for the whole build: two builds in one dir would race on the same tmp objects. */
-export async function lockBuildDir(store: Store): Promise<() => Promise<void>> {
-  await store.init();
-  try {
-    return await lockfile.lock(store.internalDir, { stale: 30_000, update: 10_000, retries: 0, realpath: false });
-  } catch {
-    throw new DbuildError({
-      reason: "locked",
-      where: store.buildDir,
-      message: "another dbuild is building in this build dir",
-      hint: "wait for it to finish (or remove the stale lock .dbuild.lock if no dbuild is running)",
-    });
-  }
-}
-
-/** Ctrl-C / SIGTERM abort the build: running VMs are stopped, nothing half-built is published. */
-export function interruptController(): { signal: AbortSignal; dispose: () => void } {
-  const ac = new AbortController();
-  const onSig = (): void => {
-    if (ac.signal.aborted) process.exit(130);
-    ac.abort(new Error("interrupted"));
-  };
-  process.on("SIGINT", onSig);
-  process.on("SIGTERM", onSig);
-  return {
-    signal: ac.signal,
-    dispose: () => {
-      process.off("SIGINT", onSig);
-      process.off("SIGTERM", onSig);
-    },
-  };
 }
 
 export interface RunBuildExtras {

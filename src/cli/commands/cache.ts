@@ -1,121 +1,17 @@
 /**
- * The remote image cache on the command line: `dbuild push`, `dbuild pull`, and the pull-before-build /
- * push-after-publish hooks of `dbuild all --cache-from URL --cache-to URL` (or demobuild.yaml `cache:`).
+ * The remote image cache on the command line: `dbuild push` and `dbuild pull`. (The pull-before-build and
+ * push-after-publish hooks of `dbuild all --cache-from/--cache-to` are src/exec/cache-hooks.ts.)
  */
 import type { Command } from "commander";
 import pc from "picocolors";
-import { cacheUrls, isUnreachable, RemoteCache } from "../../cache/sync.js";
-import type { BuildOptions } from "../../exec/executor.js";
+import { isUnreachable, RemoteCache } from "../../cache/sync.js";
 import { makePlan } from "../../plan/planner.js";
-import type { Plan, PlanNode } from "../../plan/types.js";
 import { loadProject } from "../../project/load.js";
 import type { Project } from "../../project/types.js";
-import type { BuildEvent } from "../../report/events.js";
 import { Store } from "../../store/store.js";
-import type { NodeRecord } from "../../store/types.js";
-import { DbuildError, errorMessage, formatProblem } from "../../util/errors.js";
-import { interruptController, lockBuildDir, projectRoot } from "./build.js";
-
-const MiB = 1024 * 1024;
-
-function mib(bytes: number): string {
-  return `${(bytes / MiB).toFixed(1)} MiB`;
-}
-
-function problemText(e: unknown): string {
-  return e instanceof DbuildError ? e.problems.map(formatProblem).join("\n  ") : errorMessage(e);
-}
-
-
-export interface CacheHooks {
-  hooks: Pick<BuildOptions, "tryPull" | "afterPublish">;
-  /** Waits for the pushes still queued (they run behind the build). */
-  drain(): Promise<void>;
-}
-
-/**
- * Hooks for the executor: pull a stale node from `from` before building it, push each node built to `to`.
- * A registry failure never fails the build: a failed pull builds the node, a failed push is a warning.
- * After the registry is found unreachable it is not asked again during this build.
- */
-export function cacheHooks(
-  project: Project,
-  plan: Plan,
-  store: Store,
-  flags: { cacheFrom?: string; cacheTo?: string },
-  emit: (e: BuildEvent) => void,
-  signal: AbortSignal,
-): CacheHooks {
-  const urls = cacheUrls(flags, project.settings.cache);
-  const warn = (stack: string | undefined, message: string): void => emit({ type: "warning", time: Date.now(), ...(stack ? { stack } : {}), message });
-  const byStack = new Map(plan.nodes.map((n) => [n.stack, n]));
-  const parentRecord = async (node: PlanNode): Promise<NodeRecord | undefined> =>
-    node.parent ? store.record(byStack.get(node.parent)!.key) : undefined;
-  const hooks: CacheHooks["hooks"] = {};
-  if (urls.from) {
-    const from = new RemoteCache(urls.from, store);
-    let disabled = false;
-    hooks.tryPull = async (node, sig) => {
-      // An image for this key in the local store: the executor restores (or, view deleted, rebuilds) it.
-      if (disabled || (await store.record(node.key))) return false;
-      const step = (detail: string): void => emit({ type: "step", time: Date.now(), stack: node.stack, step: "pull", detail });
-      let last = 0;
-      try {
-        const r = await from.pull(node, await parentRecord(node), {
-          signal: sig,
-          onProgress: (done, total) => {
-            if (Date.now() - last < 1000) return;
-            last = Date.now();
-            step(`${mib(done)} of ${mib(total)}`);
-          },
-        });
-        if (r.status === "pulled") {
-          step(`pulled ${mib(r.bytes)} from ${from.client.ref.url}`);
-          return true;
-        }
-        step(r.status === "miss" ? "not in the cache: building" : `cache not usable (${r.message}): building`);
-        return false;
-      } catch (e) {
-        if (sig.aborted) throw e;
-        warn(node.stack, `pull from ${urls.from} failed, building it instead:\n  ${problemText(e)}`);
-        if (isUnreachable(e)) disabled = true;
-        return false;
-      }
-    };
-  }
-  let queue: Promise<void> = Promise.resolve();
-  let unreachable = false;
-  let skipped = 0;
-  if (urls.to) {
-    const to = new RemoteCache(urls.to, store);
-    hooks.afterPublish = (node, rec) => {
-      // Queued, not awaited: a push must not hold back the node's children, nor fail the node.
-      queue = queue.then(async () => {
-        if (signal.aborted) return;
-        if (unreachable) {
-          skipped++;
-          return;
-        }
-        try {
-          const r = await to.push(rec, await parentRecord(node), { signal });
-          emit({ type: "step", time: Date.now(), stack: node.stack, step: "publish", detail: r.existed ? `already in ${to.client.ref.url}` : `pushed ${mib(r.bytes)} to ${to.client.ref.url}` });
-        } catch (e) {
-          if (signal.aborted) return;
-          warn(node.stack, `push to ${urls.to} failed (the local build is unaffected):\n  ${problemText(e)}`);
-          if (isUnreachable(e)) unreachable = true;
-        }
-      });
-      return Promise.resolve();
-    };
-  }
-  return {
-    hooks,
-    drain: async () => {
-      await queue;
-      if (skipped > 0) warn(undefined, `${skipped} more node(s) not pushed: ${urls.to ?? ""} is unreachable; run \`dbuild push\` later`);
-    },
-  };
-}
+import { DbuildError, problemText } from "../../util/errors.js";
+import { interruptController, lockBuildDir, projectRoot } from "../shared.js";
+import { mib } from "../../util/units.js";
 
 interface CacheCliOptions {
   cache?: string;

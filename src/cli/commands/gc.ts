@@ -4,11 +4,8 @@ import { makePlan } from "../../plan/planner.js";
 import { loadProject } from "../../project/load.js";
 import { collectGarbage } from "../../store/gc.js";
 import { Store } from "../../store/store.js";
-import { lockBuildDir, projectRoot } from "./build.js";
-
-function mib(bytes: number): string {
-  return `${(bytes / 1048576).toFixed(1)} MiB`;
-}
+import { lockBuildDir, projectRoot } from "../shared.js";
+import { mib } from "../../util/units.js";
 
 export function registerGcCommand(program: Command): void {
   program

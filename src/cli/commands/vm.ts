@@ -17,27 +17,11 @@ import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { sshArgs } from "../../vm/rsync.js";
 import { pathExists } from "../../util/fs.js";
 import { projectVmOptions } from "../../vm/options.js";
-
-/** What `dbuild run` leaves next to a snapshot so `dbuild ssh NAME` can find the VM. */
-export interface RunState {
-  pid: number;
-  disk: string;
-  ip: string;
-  sshHost: string;
-  sshPort: number;
-  vnc?: string;
-  keyPath: string;
-  runDir: string;
-  startedAt: string;
-}
+import { statePath, type RunState } from "../../vm/run-state.js";
+import { projectRoot } from "../shared.js";
 
 function rootOf(cmd: Command): string {
-  return path.resolve(cmd.optsWithGlobals<{ dir?: string }>().dir ?? process.cwd());
-}
-
-export function statePath(image: string): string {
-  const abs = path.resolve(image);
-  return path.join(path.dirname(abs), `.${path.basename(abs)}.dbuild-vm.json`);
+  return path.resolve(projectRoot(cmd));
 }
 
 function runDirFor(image: string): string {

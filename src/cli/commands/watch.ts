@@ -18,8 +18,8 @@ import { installVmCleanupHandlers } from "../../vm/registry.js";
 import type { WatchEvent } from "../../watch/events.js";
 import { WatchSession } from "../../watch/session.js";
 import { resolveWatchPaths } from "../../watch/watcher.js";
-import { interruptController, lockBuildDir, parseJobs, projectRoot } from "./build.js";
-import { statePath, type RunState } from "./vm.js";
+import { statePath, type RunState } from "../../vm/run-state.js";
+import { interruptController, lockBuildDir, parseJobs, projectRoot } from "../shared.js";
 
 export interface WatchCliOptions {
   /** --stack (repeatable): build these stacks instead of the targets containing the layer. */

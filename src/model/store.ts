@@ -1,8 +1,9 @@
 /**
- * The store interface the planner needs to decide freshness. The implementation lives in store/.
+ * What the store records per image, and the read-only view of the store the planner needs to decide
+ * freshness. Types only; the implementation lives in store/ (plan/ reads the store through this view).
  * Published images never change; `build/STACK.qcow2` is the user's view of the current image.
  */
-import type { InputManifest, NodeKey } from "../plan/types.js";
+import type { InputManifest, NodeKey } from "./plan.js";
 
 export interface NodeRecord {
   key: NodeKey;

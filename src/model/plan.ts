@@ -1,6 +1,7 @@
 /**
- * The plan: a DAG of image nodes, one per stack prefix, each with a content fingerprint
- * and a staleness verdict. `plan/` never starts a process.
+ * The plan's data: a DAG of image nodes, one per stack prefix, each with a content fingerprint and a
+ * staleness verdict. Types only, in `model/` because plan, store, cache, exec and report all read them;
+ * `plan/` computes them and never starts a process.
  */
 import type { LayerKind } from "../project/types.js";
 

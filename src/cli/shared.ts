@@ -1,0 +1,147 @@
+/**
+ * What several commands share: the project root, the build-dir lock, Ctrl-C handling, reporters, option
+ * parsing and the plan printer (`dbuild plan` and `dbuild build --dry-run`). Commands import this module
+ * and never each other, so each command file can change without touching the others.
+ */
+import * as os from "node:os";
+import type { Command } from "commander";
+import lockfile from "proper-lockfile";
+import { OciClient } from "../cache/oci.js";
+import { buildMatrix } from "../cache/shard.js";
+import { remoteStatus } from "../cache/sync.js";
+import type { Plan } from "../model/plan.js";
+import type { StoreView } from "../model/store.js";
+import { makePlan } from "../plan/planner.js";
+import { loadProject } from "../project/load.js";
+import type { Project } from "../project/types.js";
+import type { Reporter } from "../report/events.js";
+import { renderPlanDot, renderPlanJson, renderPlanText } from "../report/plan.js";
+import { JsonReporter, PlainReporter, TtyReporter } from "../report/reporters.js";
+import type { Store } from "../store/store.js";
+import { DbuildError, errorMessage } from "../util/errors.js";
+
+/** `-C DIR`, else the current directory. */
+export function projectRoot(cmd: Command): string {
+  const o = cmd.optsWithGlobals<{ dir?: string }>();
+  return o.dir ?? process.cwd();
+}
+
+export function makeReporter(mode: string | undefined): Reporter {
+  const write = (s: string): void => {
+    process.stdout.write(s);
+  };
+  const m = mode ?? (process.stdout.isTTY ? "tty" : "plain");
+  switch (m) {
+    case "tty":
+      return new TtyReporter(write);
+    case "plain":
+      return new PlainReporter(write);
+    case "json":
+      return new JsonReporter(write);
+    default:
+      throw new DbuildError({ reason: "bad-option", where: "--progress", message: `unknown mode "${m}"`, hint: "use tty, plain or json" });
+  }
+}
+
+export function parseJobs(v: string | undefined, project: Project): number {
+  if (v === undefined) return project.settings.jobs;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new DbuildError({ reason: "bad-option", where: "-j", message: `"${v}" is not a positive whole number`, hint: `e.g. -j ${os.availableParallelism()}` });
+  }
+  return n;
+}
+
+/** Hold the build dir for the whole build: two builds in one dir would race on the same tmp objects. */
+export async function lockBuildDir(store: Store): Promise<() => Promise<void>> {
+  await store.init();
+  try {
+    return await lockfile.lock(store.internalDir, { stale: 30_000, update: 10_000, retries: 0, realpath: false });
+  } catch {
+    throw new DbuildError({
+      reason: "locked",
+      where: store.buildDir,
+      message: "another dbuild is building in this build dir",
+      hint: "wait for it to finish (or remove the stale lock .dbuild.lock if no dbuild is running)",
+    });
+  }
+}
+
+/** Ctrl-C / SIGTERM abort the build: running VMs are stopped, nothing half-built is published. */
+export function interruptController(): { signal: AbortSignal; dispose: () => void } {
+  const ac = new AbortController();
+  const onSig = (): void => {
+    if (ac.signal.aborted) process.exit(130);
+    ac.abort(new Error("interrupted"));
+  };
+  process.on("SIGINT", onSig);
+  process.on("SIGTERM", onSig);
+  return {
+    signal: ac.signal,
+    dispose: () => {
+      process.off("SIGINT", onSig);
+      process.off("SIGTERM", onSig);
+    },
+  };
+}
+
+export interface PlanCliOptions {
+  json?: boolean;
+  dot?: boolean;
+  /** A GitHub Actions matrix of the work left (stale and not in the remote cache). */
+  matrix?: boolean;
+  /** Remote cache to ask (default: demobuild.yaml cache.from, else cache.to). */
+  cache?: string;
+  /** Where output goes (default stdout). */
+  write?: (s: string) => void;
+  color?: boolean;
+}
+
+export type StoreSource = StoreView | ((project: Project) => StoreView);
+export const storeFor = (s: StoreSource, p: Project): StoreView => (typeof s === "function" ? s(p) : s);
+
+function checkFormats(o: PlanCliOptions): void {
+  if ([o.json, o.dot, o.matrix].filter(Boolean).length > 1) {
+    throw new DbuildError({ reason: "bad-option", where: "command line", message: "--json, --dot and --matrix cannot be used together", hint: "pick one output format" });
+  }
+}
+
+/** Load, plan and print. Returns the exit code (0: printed; problems are thrown as DbuildError). */
+export async function runPlan(root: string, stacks: "all" | string[], opts: PlanCliOptions, store: StoreSource): Promise<number> {
+  await planAndPrint(root, stacks, opts, store);
+  return 0;
+}
+
+/** Like runPlan, but hands back the plan too (for tests and callers that want both). */
+export async function planAndPrint(root: string, stacks: "all" | string[], opts: PlanCliOptions, store: StoreSource): Promise<Plan> {
+  checkFormats(opts);
+  const write = opts.write ?? ((s: string) => void process.stdout.write(s));
+  const project = await loadProject(root);
+  const plan = await makePlan(project, stacks.length ? stacks : "all", storeFor(store, project));
+  const cache = opts.cache ?? project.settings.cache.from ?? project.settings.cache.to;
+  if (cache) await markRemote(plan, cache);
+  if (opts.matrix) write(JSON.stringify(buildMatrix(plan.nodes)) + "\n");
+  else if (opts.json) write(renderPlanJson(plan));
+  else if (opts.dot) write(renderPlanDot(plan));
+  else write(renderPlanText(plan, { color: opts.color ?? (process.stdout.isTTY && !process.env.NO_COLOR) }));
+  return plan;
+}
+
+/**
+ * Sets `remote` on every stale node. A registry that cannot be asked is a warning, not an error: the plan
+ * is still right, only less informed (every stale node then counts as work left).
+ */
+async function markRemote(plan: Plan, url: string): Promise<void> {
+  const stale = plan.nodes.filter((n) => n.status === "stale");
+  if (!stale.length) return;
+  // Few retries: a plan is interactive, and an unreachable cache only makes it less informed.
+  const client = new OciClient(url, { retry: { retries: 1 }, requestTimeoutMs: 10_000 });
+  try {
+    const has = await remoteStatus(client, stale.map((n) => n.key), { signal: AbortSignal.timeout(60_000) });
+    for (const n of stale) n.remote = has.get(n.key) ? "hit" : "miss";
+  } catch (e) {
+    if (e instanceof DbuildError && e.problems.some((p) => p.reason === "bad-cache-url")) throw e;
+    const why = e instanceof DbuildError ? e.problems.map((p) => p.message).join("; ") : errorMessage(e);
+    process.stderr.write(`warning: cannot ask the cache, every stale node counts as a miss: ${why}\n`);
+  }
+}
