@@ -19,13 +19,13 @@ import type { NodeRecord } from "../model/store.js";
 import { userCacheDir } from "../store/user-cache.js";
 import { errorMessage } from "../util/errors.js";
 import { ensureProjectKey } from "../vm/keys.js";
-import { startVm } from "../vm/qemu.js";
 import type { Vm } from "../vm/types.js";
 import { fetchImport, runHostScript } from "./host.js";
 import { NodeLog } from "./node-log.js";
 import { runGraph } from "./scheduler.js";
 import { StepError } from "./step-error.js";
-import { projectVmOptions } from "../vm/options.js";
+import { WarmStore } from "../store/warm.js";
+import { startBuildVm, type BuildVm, type WarmMode } from "./warm-start.js";
 
 export interface BuildOptions {
   jobs: number;
@@ -35,6 +35,8 @@ export interface BuildOptions {
   emit: (e: BuildEvent) => void;
   /** Optional hook to satisfy a node without building it (remote cache pull). True = done. */
   tryPull?: (node: PlanNode, signal: AbortSignal) => Promise<boolean>;
+  /** "cold": build VMs boot instead of resuming warm snapshots, and none are saved (--cold). Default "warm". */
+  warm?: WarmMode;
   /** Optional hook after a node is published (remote cache push). */
   afterPublish?: (node: PlanNode, record: NodeRecord) => Promise<void>;
 }
@@ -88,6 +90,7 @@ export async function build(project: Project, plan: Plan, store: Store, opts: Bu
       built.push(stack);
     },
   );
+  await evictWarm(store, project, opts);
   const failed = [...result.outcome].filter(([, o]) => o === "failed").map(([id]) => id);
   const skipped = [...result.outcome].filter(([, o]) => o === "skipped" || o === "aborted").map(([id]) => id);
   for (const id of skipped) {
@@ -97,6 +100,15 @@ export async function build(project: Project, plan: Plan, store: Store, opts: Bu
   const ok = failed.length === 0 && skipped.length === 0 && !interrupted;
   opts.emit({ type: "build-done", time: Date.now(), ok, built, failed, skipped, duration: (Date.now() - start) / 1000, interrupted });
   return { ok, interrupted, built, failed, skipped };
+}
+
+/** Keep warm snapshots within warm.maxMiB (least recently used go first). */
+async function evictWarm(store: Store, project: Project, opts: BuildOptions): Promise<void> {
+  try {
+    await new WarmStore(store.internalDir).evict(project.settings.warm.maxMiB * 1048576);
+  } catch (e) {
+    opts.emit({ type: "warning", time: Date.now(), message: `could not evict warm snapshots: ${errorMessage(e)}` });
+  }
 }
 
 function vmMem(project: Project, node: PlanNode): number {
@@ -155,10 +167,10 @@ async function buildNode(
     } else {
       const parentObject = store.objectPath(parentRec!.object);
       try {
-        await applyLayerInVm(project, layer, node, store, parentObject, tmpImage, log, setStep, signal);
+        await applyLayerInVm(project, layer, node, store, parentRec!.object, tmpImage, log, setStep, signal, opts);
       } catch (e) {
         if (opts.keepFailed && !signal.aborted && !(e instanceof StepError && e.step === "cow")) {
-          keptDisk = await keepFailedDisk(store, node, tmpImage, parentObject);
+          keptDisk = await keepFailedDisk(store, node, tmpImage, parentObject, signal);
           work.splice(work.indexOf(tmpImage), 1);
         }
         throw e;
@@ -294,32 +306,44 @@ async function applyLayerInVm(
   log: NodeLog,
   setStep: (s: Step, d?: string) => void,
   signal: AbortSignal,
+  opts: BuildOptions,
 ): Promise<void> {
   const s = project.settings;
-  // (1) copy-on-write child; the backing path is relative so the tmp dir can move with the build dir.
-  setStep("cow");
-  await qemuImg(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", path.relative(path.dirname(tmpImage), parentObject), tmpImage], signal);
   const keys = await ensureProjectKey(project.root);
-  // (2) temporary VM; startVm returns once the agent has reported the IP and SSH answers.
+  // (1) copy-on-write child and (2) a VM on it: resumed from the parent's warm snapshot where one
+  // exists (exec/warm-start.ts), else booted; ready once SSH runs commands.
   setStep("boot");
   const runDir = `${tmpImage}.run`;
   let vm: Vm | undefined;
+  let started: BuildVm | undefined;
   try {
     try {
-      vm = await startVm(
-        projectVmOptions(s, {
-          disk: tmpImage,
+      started = await startBuildVm({
+        project,
+        store,
+        warm: new WarmStore(store.internalDir),
+        mode: opts.warm ?? "warm",
+        parentObject,
+        tmpImage,
+        vm: {
           mem: layer.config.mem ?? s.buildVm.mem,
           cpus: layer.config.cpus ?? s.buildVm.cpus,
           keyPath: keys.key,
           serialLog: store.logPath(node.stack).replace(/\.log$/, ".console.log"),
           runDir,
-          signal,
-        }),
-      );
+        },
+        signal,
+        note: (message) => {
+          log.note(`warning: ${message}`);
+          opts.emit({ type: "warning", time: Date.now(), stack: node.stack, message });
+        },
+        log: (m) => log.note(m),
+      });
+      vm = started.vm;
     } catch (e) {
       throw new StepError("boot", errorMessage(e));
     }
+    setStep("boot", started.start);
     log.note(`VM up: pid ${vm.pid}, guest IP ${vm.ip}, ssh ${vm.sshHost}:${vm.sshPort}`);
     // (3) rsync target/ into a temporary directory in the guest, symlinks followed (-L).
     setStep("rsync");
@@ -350,8 +374,11 @@ async function applyLayerInVm(
     setStep("poweroff");
     await vm.shutdown({ timeoutMs: s.timeouts.shutdown * 1000 });
     vm = undefined;
+    // One delta over the parent, whatever the VM started from.
+    await started.finish(signal);
   } finally {
     if (vm) await vm.kill();
+    await started?.release();
     await fs.rm(runDir, { recursive: true, force: true });
   }
 }
@@ -408,7 +435,7 @@ async function convertDeliverable(
  * --keep-failed: move the failed VM's disk next to the build dir's views, its backing file re-pointed so
  * it still resolves, and tell the user how to boot it (via a snapshot, like any store image).
  */
-async function keepFailedDisk(store: Store, node: PlanNode, tmpImage: string, parentObject: string): Promise<string | undefined> {
+async function keepFailedDisk(store: Store, node: PlanNode, tmpImage: string, parentObject: string, signal: AbortSignal): Promise<string | undefined> {
   try {
     await fs.access(tmpImage);
   } catch {
@@ -417,6 +444,8 @@ async function keepFailedDisk(store: Store, node: PlanNode, tmpImage: string, pa
   const dir = path.join(store.buildDir, "failed");
   await fs.mkdir(dir, { recursive: true });
   const dest = path.join(dir, `${node.stack}.qcow2`);
+  // A warm-started disk sits on the parent's boot overlay, which is not kept: fold it in (safe rebase).
+  await qemuImg(["rebase", "-f", "qcow2", "-F", "qcow2", "-b", parentObject, tmpImage], signal);
   await qemuImg(["rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", path.relative(dir, parentObject), tmpImage]);
   await fs.rename(tmpImage, dest);
   return dest;

@@ -39,6 +39,8 @@ export function defaultSettings(root: string): ProjectSettings {
     network: { mode: "user", bridge: "virbr0" },
     accelerator: "auto",
     cache: {},
+    // A snapshot of a 512 MiB build VM is ~100-300 MiB (RAM in use) plus its boot overlay.
+    warm: { enabled: true, maxMiB: 4096 },
   };
 }
 
@@ -87,6 +89,7 @@ async function loadSettings(root: string, problems: Problem[]): Promise<{ settin
   if (y.accelerator !== undefined) settings.accelerator = y.accelerator;
   if (y.cache?.from !== undefined) settings.cache.from = y.cache.from;
   if (y.cache?.to !== undefined) settings.cache.to = y.cache.to;
+  Object.assign(settings.warm, y.warm);
   if (settings.buildVm.mem > settings.memoryBudget) {
     problems.push({
       reason: "memory-budget",

@@ -28,6 +28,7 @@ export const projectYaml = z.strictObject({
       to: z.string().regex(/^oci:\/\/[^/\s]+\/\S+$/, "expected oci://HOST[:PORT]/REPO").optional(),
     })
     .optional(),
+  warm: z.strictObject({ enabled: z.boolean().optional(), maxMiB: count.optional() }).optional(),
 });
 export type ProjectYaml = z.infer<typeof projectYaml>;
 

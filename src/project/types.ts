@@ -25,6 +25,8 @@ export interface ProjectSettings {
   accelerator: Accelerator;
   /** Optional remote cache URLs (oci://HOST[:PORT]/REPO). */
   cache: { from?: string; to?: string };
+  /** Warm starts: build VMs resume from a RAM snapshot of their parent; snapshots use at most maxMiB. */
+  warm: { enabled: boolean; maxMiB: number };
 }
 
 /** layers/NAME/layer.yaml, all optional. */

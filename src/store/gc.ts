@@ -11,6 +11,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { NodeKey } from "../model/plan.js";
 import type { Store } from "./store.js";
+import { WarmStore } from "./warm.js";
 
 export interface GcResult {
   removed: { file: string; bytes: number }[];
@@ -96,6 +97,10 @@ export async function collectGarbage(
     if (b) await keepChain(b);
   }
   const removed: GcResult["removed"] = [];
+  // Warm snapshots of images that go (a snapshot's boot overlay is backed by its image), and leftovers.
+  for (const w of await new WarmStore(store.internalDir).prune((o) => keep.has(o), opts.dryRun)) {
+    removed.push({ file: w.dir, bytes: w.bytes });
+  }
   let objects: string[] = [];
   try {
     objects = await fs.readdir(store.objectsDir);

@@ -12,6 +12,7 @@ import { accelArgs, resolveAccelerator, type ResolvedAccel } from "./accel.js";
 import { GuestAgent } from "./agent.js";
 import { freeTcpPort, randomMac, releasePort } from "./ports.js";
 import { QmpClient } from "./qmp.js";
+import { resumeIncoming } from "./warm.js";
 import { installVmCleanupHandlers, registerVm, unregisterVm } from "./registry.js";
 import { rsyncTo } from "./rsync.js";
 import { SshSession, waitForSsh } from "./ssh.js";
@@ -283,7 +284,20 @@ function buildArgs(o: {
   }
   args.push("-device", `virtio-net-pci,netdev=net0,mac=${o.mac}`);
   if (opts.vnc) args.push("-vga", "std", "-vnc", "127.0.0.1:0,to=99");
+  // exec: runs through /bin/sh: quote the path. QEMU waits for the state before running the guest.
+  if (opts.resume) args.push("-incoming", `exec:cat '${opts.resume.stateFile.replace(/'/g, "'\\''")}'`);
   return args;
+}
+
+/**
+ * The QEMU command line with per-run values (disk, files, sockets, port, MAC) blanked out. A saved RAM
+ * state only loads into a VM with exactly this device set, so warm snapshots are keyed by it.
+ */
+export async function deviceSet(opts: VmOptions): Promise<string> {
+  const accel = await resolveAccelerator(opts.accelerator, { cacheFile: opts.accelCacheFile, signal: opts.signal });
+  const o: VmOptions = { ...opts, disk: "DISK", serialLog: "SERIAL" };
+  delete o.resume;
+  return buildArgs({ opts: o, accel, mac: "MAC", hostPort: 0, qmpSocket: "QMP", agentSocket: "QGA" }).join(" ");
 }
 
 /** Boot `opts.disk` and resolve once SSH runs commands. Throws DbuildError("boot-timeout"|"qemu-failed"). */
@@ -307,7 +321,7 @@ export async function startVm(opts: VmOptions): Promise<QemuVm> {
   // with a hostfwd error: retry with another port.
   for (let attempt = 1; ; attempt++) {
     const hostPort = opts.network.mode === "user" ? await freeTcpPort() : undefined;
-    const mac = randomMac();
+    const mac = opts.mac ?? randomMac();
     await fs.rm(qmpSocket, { force: true });
     await fs.rm(agentSocket, { force: true });
     const args = buildArgs({ opts, accel, mac, hostPort, qmpSocket, agentSocket });
@@ -328,6 +342,27 @@ export async function startVm(opts: VmOptions): Promise<QemuVm> {
       throw e;
     }
   }
+}
+
+/** The last readiness stage: SSH runs commands (on the forwarded port in user mode, the guest IP in bridge mode). */
+async function waitSshStage(vm: QemuVm, hostPort: number | undefined, deadline: number, signal: AbortSignal, t0: number): Promise<void> {
+  if (vm.opts.network.mode === "bridge") {
+    vm.sshHost = vm.ip;
+    vm.sshPort = 22;
+  } else {
+    vm.sshHost = "127.0.0.1";
+    vm.sshPort = hostPort ?? 22;
+  }
+  const key = await fs.readFile(vm.opts.keyPath);
+  const s = await waitForSsh({ host: vm.sshHost, port: vm.sshPort, privateKey: key }, {
+    deadline,
+    maxAttempts: 40,
+    signal,
+    onAttempt: (n) => (vm.timings.sshAttempts = n),
+  });
+  vm.timings.sshAttempts = (vm.timings.sshAttempts ?? 0) + 1;
+  vm.adoptSsh(s);
+  vm.timings.ssh = Date.now() - t0;
 }
 
 async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: number): Promise<void> {
@@ -364,6 +399,13 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
       if (info.service) vm.vncDisplay = `127.0.0.1:${info.service}`;
     }
 
+    if (opts.resume) {
+      stage = "loading the saved RAM state";
+      await resumeIncoming(vm.qmp, signal);
+      vm.timings.agent = vm.timings.ip = Date.now() - t0;
+      vm.ip = opts.resume.ip;
+      return await waitSshStage(vm, hostPort, deadline, signal, t0);
+    }
     stage = "guest agent";
     vm.agent = await GuestAgent.connect(vm.agentSocket, { timeoutMs: Math.max(1, deadline - Date.now()), signal });
     vm.timings.agentAttempts = 0;
@@ -397,23 +439,7 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
     vm.timings.ip = Date.now() - t0;
 
     stage = "SSH";
-    if (opts.network.mode === "bridge") {
-      vm.sshHost = vm.ip;
-      vm.sshPort = 22;
-    } else {
-      vm.sshHost = "127.0.0.1";
-      vm.sshPort = hostPort ?? 22;
-    }
-    const key = await fs.readFile(opts.keyPath);
-    const s = await waitForSsh({ host: vm.sshHost, port: vm.sshPort, privateKey: key }, {
-      deadline,
-      maxAttempts: 40,
-      signal,
-      onAttempt: (n) => (vm.timings.sshAttempts = n),
-    });
-    vm.timings.sshAttempts = (vm.timings.sshAttempts ?? 0) + 1;
-    vm.adoptSsh(s);
-    vm.timings.ssh = Date.now() - t0;
+    await waitSshStage(vm, hostPort, deadline, signal, t0);
   } catch (e) {
     if (cause === "exit" || vm.exited) {
       await delay(50); // let the stderr pipe drain

@@ -25,6 +25,14 @@ export interface VmOptions {
   /** Keep QEMU running after this process exits (throwaway `dbuild run`). Default false. */
   detached?: boolean;
   signal?: AbortSignal;
+  /** Fixed MAC address (a resumed VM keeps the MAC its RAM state was saved with). Default: a random one. */
+  mac?: string;
+  /**
+   * Resume from RAM state saved by `saveWarmState` (vm/warm.ts) instead of booting: QEMU starts with
+   * `-incoming`, is continued once the state is loaded, and is ready when SSH answers. `ip` is the
+   * guest address the agent reported when the state was saved (it is in the saved RAM).
+   */
+  resume?: { stateFile: string; ip: string };
   /** Where the KVM probe result is cached (e.g. `<buildDir>/.dbuild/accel.json`); probed once per host boot. */
   accelCacheFile?: string;
 }

@@ -27,6 +27,7 @@ export interface BuildCliOptions {
   cacheFrom?: string;
   cacheTo?: string;
   shard?: string;
+  cold?: boolean;
 }
 
 export function addBuildOptions(cmd: Command): Command {
@@ -41,7 +42,8 @@ export function addBuildOptions(cmd: Command): Command {
     .option("--junit <file>", "also write a JUnit XML report, one testcase per node")
     .option("--cache-from <url>", "pull stale nodes from this OCI cache (oci://HOST[:PORT]/REPO) instead of building them")
     .option("--cache-to <url>", "push every node built to this OCI cache (a failed push is a warning)")
-    .option("--shard <i/n>", "build only share I of N of the stale nodes (CI; use with a shared cache)");
+    .option("--shard <i/n>", "build only share I of N of the stale nodes (CI; use with a shared cache)")
+    .option("--cold", "boot every build VM instead of resuming a warm snapshot of its parent (discards those snapshots)");
 }
 
 export interface RunBuildExtras {
@@ -78,6 +80,7 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
       jobs,
       keepGoing: o.keepGoing ?? false,
       keepFailed: o.keepFailed ?? false,
+      warm: o.cold ? "cold" : "warm",
       signal: intr.signal,
       emit,
       ...cache.hooks,

@@ -1,0 +1,154 @@
+/**
+ * Step (2) of the VM cycle, "a VM on a copy-on-write child of the parent", with warm starts:
+ *
+ *   parent has a usable warm snapshot  -> resume it on a fresh overlay over its boot overlay (seconds
+ *                                          less than a boot), set the guest clock
+ *   it has none                        -> boot on a boot overlay, and once ready save the snapshot
+ *                                          (RAM + boot overlay) for the next child; go on in an overlay
+ *   --cold, warm.enabled false, bridge -> plain boot on a child of the parent, nothing saved
+ *
+ * Either way the layer's writes land in `tmpImage`. Before publishing, `finish()` folds whatever lies
+ * between it and the parent (the boot overlay) into it with a safe `qemu-img rebase`, so the published
+ * image is one delta over the parent, exactly as after a plain boot.
+ */
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import type { Project } from "../project/types.js";
+import { qemuImg } from "../store/qemu-img.js";
+import type { Store } from "../store/store.js";
+import type { WarmMeta, WarmStore } from "../store/warm.js";
+import { errorMessage } from "../util/errors.js";
+import { pathExists } from "../util/fs.js";
+import { projectVmOptions } from "../vm/options.js";
+import { deviceSet, startVm, type QemuVm } from "../vm/qemu.js";
+import type { VmOptions } from "../vm/types.js";
+import { qemuVersion, saveWarmState, setGuestClock } from "../vm/warm.js";
+
+export type WarmMode = "warm" | "cold";
+
+export interface BuildVmRequest {
+  project: Project;
+  store: Store;
+  warm: WarmStore;
+  /** "cold": never resume; an existing snapshot of the parent is discarded and none is saved. */
+  mode: WarmMode;
+  /** Object file name of the parent image. */
+  parentObject: string;
+  /** Where the layer's writes go (created here). */
+  tmpImage: string;
+  vm: Pick<VmOptions, "mem" | "cpus" | "keyPath" | "serialLog" | "runDir">;
+  signal: AbortSignal;
+  /** A warm snapshot could not be used or saved (a warning event). */
+  note: (message: string) => void;
+  /** A line for the node's log. */
+  log: (message: string) => void;
+}
+
+export interface BuildVm {
+  vm: QemuVm;
+  /** How the VM came up, for the boot step's detail. */
+  start: "resumed" | "booted" | "booted, snapshot saved";
+  /** After the VM is off: fold the boot overlay (if any) into tmpImage: one delta over the parent. */
+  finish(signal: AbortSignal): Promise<void>;
+  /** Always, at the end: drop a snapshot folder this VM made but did not install. */
+  release(): Promise<void>;
+}
+
+export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
+  const s = r.project.settings;
+  const parentPath = r.store.objectPath(r.parentObject);
+  const base = projectVmOptions(s, { ...r.vm, disk: r.tmpImage, signal: r.signal });
+  const childOf = (backing: string, file: string): Promise<string> =>
+    // Relative backing path: the files can move with the build dir.
+    qemuImg(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", path.relative(path.dirname(file), backing), file], r.signal);
+  const plain = async (): Promise<BuildVm> => {
+    await fs.rm(r.tmpImage, { force: true });
+    await childOf(parentPath, r.tmpImage);
+    const vm = await startVm(base);
+    return { vm, start: "booted", finish: async () => undefined, release: async () => undefined };
+  };
+  if (!s.warm.enabled) return plain();
+  const parentName = `the warm snapshot of ${r.parentObject.split(".")[0]?.slice(0, 12) ?? r.parentObject}`;
+  if (s.network.mode !== "user") {
+    const had = await r.warm.find({ object: r.parentObject, mem: 0, cpus: 0, qemu: "", devices: "" });
+    if (had.discarded) r.note(`${parentName} was discarded: warm starts need user networking (network.mode is ${s.network.mode}); cold boot`);
+    return plain();
+  }
+  const want = { object: r.parentObject, mem: r.vm.mem, cpus: r.vm.cpus, qemu: await qemuVersion(), devices: await deviceSet(base) };
+  if (r.mode === "cold") {
+    const had = await r.warm.find(want);
+    if (had.snap || had.discarded) {
+      await r.warm.discard(r.parentObject);
+      r.note(`${parentName} was discarded (--cold); cold boot`);
+    }
+    return plain();
+  }
+  const fold = async (signal: AbortSignal): Promise<void> => {
+    // Safe mode: copies into tmpImage every cluster where old and new backing chains differ.
+    await qemuImg(["rebase", "-f", "qcow2", "-F", "qcow2", "-b", parentPath, r.tmpImage], signal);
+  };
+
+  const found = await r.warm.find(want);
+  if (found.discarded) r.note(`${parentName} was discarded: ${found.discarded}; cold boot`);
+  if (found.snap) {
+    const snap = found.snap;
+    await childOf(snap.boot, r.tmpImage);
+    try {
+      const vm = await startVm({ ...base, mac: snap.meta.mac, resume: { stateFile: snap.state, ip: snap.meta.ip } });
+      try {
+        await setGuestClock(vm, r.signal);
+      } catch (e) {
+        await vm.kill();
+        throw e;
+      }
+      r.log(`resumed from ${snap.dir} in ${vm.timings.ssh ?? "?"} ms`);
+      return { vm, start: "resumed", finish: fold, release: async () => undefined };
+    } catch (e) {
+      if (r.signal.aborted) throw e;
+      await r.warm.discard(r.parentObject);
+      r.note(`${parentName} could not be resumed and was discarded (${firstLine(errorMessage(e))}); cold boot`);
+      await fs.rm(r.tmpImage, { force: true });
+    }
+  }
+
+  // Cold boot on a boot overlay that becomes the snapshot's disk.
+  const dir = await r.warm.create(r.parentObject);
+  const release = (): Promise<void> => r.warm.removeUnlessInstalled(dir, r.parentObject);
+  const boot = path.join(dir, "boot.qcow2");
+  let vm: QemuVm | undefined;
+  try {
+    await childOf(parentPath, boot);
+    vm = await startVm({ ...base, disk: boot });
+    const qmp = vm.qmp;
+    if (!qmp) throw new Error("no QMP connection");
+    const stateFile = path.join(dir, "state");
+    let saved: { stateBytes: number; pausedMs: number } | undefined;
+    try {
+      saved = await saveWarmState(qmp, { overlay: r.tmpImage, stateFile, signal: r.signal });
+    } catch (e) {
+      if (r.signal.aborted) throw e;
+      r.note(`could not save a warm snapshot (${firstLine(errorMessage(e))}); this build goes on, the next one boots again`);
+    }
+    // Without the overlay the VM would be writing into the snapshot's disk: start over, plainly.
+    if (!(await pathExists(r.tmpImage))) throw new RetryPlain();
+    await setGuestClock(vm, r.signal);
+    let start: BuildVm["start"] = "booted";
+    if (saved) {
+      const meta: WarmMeta = { ...want, mac: vm.mac, ip: vm.ip, stateBytes: saved.stateBytes, createdAt: new Date().toISOString() };
+      if (await r.warm.install(dir, meta)) start = "booted, snapshot saved";
+      r.log(`warm snapshot: ${Math.round(saved.stateBytes / 1048576)} MiB of RAM state, guest paused ${saved.pausedMs} ms`);
+    }
+    return { vm, start, finish: fold, release };
+  } catch (e) {
+    if (vm) await vm.kill();
+    await release();
+    if (e instanceof RetryPlain) return plain();
+    throw e;
+  }
+}
+
+class RetryPlain extends Error {}
+
+function firstLine(s: string): string {
+  return s.split("\n")[0] ?? s;
+}
