@@ -65,7 +65,7 @@ export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
     await fs.rm(r.tmpImage, { force: true });
     await childOf(parentPath, r.tmpImage);
     const vm = await startVm(base);
-    return { vm, start: "booted", finish: async () => undefined, release: async () => undefined };
+    return { vm, start: "booted", finish: nothing, release: nothing };
   };
   if (!s.warm.enabled) return plain();
   const parentName = `the warm snapshot of ${r.parentObject.split(".")[0]?.slice(0, 12) ?? r.parentObject}`;
@@ -102,7 +102,7 @@ export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
         throw e;
       }
       r.log(`resumed from ${snap.dir} in ${vm.timings.ssh ?? "?"} ms`);
-      return { vm, start: "resumed", finish: fold, release: async () => undefined };
+      return { vm, start: "resumed", finish: fold, release: nothing };
     } catch (e) {
       if (r.signal.aborted) throw e;
       await r.warm.discard(r.parentObject);
@@ -148,6 +148,8 @@ export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
 }
 
 class RetryPlain extends Error {}
+
+const nothing = (): Promise<void> => Promise.resolve();
 
 function firstLine(s: string): string {
   return s.split("\n")[0] ?? s;
