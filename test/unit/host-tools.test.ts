@@ -23,6 +23,7 @@ const PROVIDER: Record<string, string> = {
   ssh: "openssh-client",
   "ssh-keygen": "openssh-client",
   "mkfs.ext4": "e2fsprogs",
+  debugfs: "e2fsprogs",
   sfdisk: "fdisk",
   syslinux: "syslinux",
   mcopy: "mtools",
