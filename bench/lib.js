@@ -1,5 +1,5 @@
 // Shared bench helpers: the micro test image (built by the test helper's cache) and medians.
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import { createServer } from "node:net";
 import * as os from "node:os";
@@ -84,6 +84,46 @@ http: {addr: "127.0.0.1:${port}"}
     stop: async () => {
       child.kill("SIGTERM");
       await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));
+    },
+  };
+}
+
+const FLOOR_SSH = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"];
+
+/**
+ * The honest hand-made floor a benchmark compares dbuild with: the same guest on a hand-written QEMU line
+ * (the devices dbuild gives a build VM, minus the agent's serial port), readiness probed with `ssh true`
+ * 100 ms apart (a busy loop would starve TCG on 2 cores), ONE SSH connection for everything after that
+ * (OpenSSH ControlMaster; rsync rides on it too), and the fastest poweroff (/sbin/poweroff, ~0.3 s).
+ * Returns once SSH answers; `ready` is ms from QEMU's spawn.
+ */
+export async function floorVm({ disk, key, dir, name, mem = 256, port }) {
+  const ctl = path.join(dir, `${name}.cm`);
+  const ssh = [...FLOOR_SSH, "-i", key, "-p", String(port), "-o", "ControlMaster=auto", "-o", `ControlPath=${ctl}`, "-o", "ControlPersist=120"];
+  const t0 = performance.now();
+  const q = spawn("qemu-system-x86_64", [
+    "-nodefaults", "-no-user-config", "-display", "none", "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max",
+    "-m", String(mem), "-smp", "1",
+    "-drive", `file=${disk},if=virtio,format=qcow2,discard=unmap`, "-device", "virtio-rng-pci",
+    "-netdev", `user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:22`, "-device", "virtio-net-pci,netdev=n0",
+    "-serial", `file:${path.join(dir, `${name}.console.log`)}`,
+  ], { stdio: "ignore" });
+  const exited = new Promise((r) => q.once("exit", r));
+  for (;;) {
+    const r = spawnSync("ssh", [...ssh, "root@127.0.0.1", "true"], { stdio: "ignore" });
+    if (r.status === 0) break;
+    if (q.exitCode !== null) throw new Error(`floor QEMU exited (${q.exitCode})`);
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  const ready = performance.now() - t0;
+  return {
+    ready,
+    ssh: (cmd) => execFileSync("ssh", [...ssh, "root@127.0.0.1", cmd], { stdio: "pipe" }),
+    rsync: (src, dst) => execFileSync("rsync", ["-rL", "-e", `ssh ${ssh.join(" ")}`, src, `root@127.0.0.1:${dst}`]),
+    async poweroff() {
+      spawnSync("ssh", [...ssh, "root@127.0.0.1", "/sbin/poweroff"], { stdio: "ignore" });
+      await exited;
+      spawnSync("ssh", [...ssh, "-O", "exit", "root@127.0.0.1"], { stdio: "ignore" });
     },
   };
 }
