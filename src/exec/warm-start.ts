@@ -16,7 +16,7 @@ import * as path from "node:path";
 import type { Project } from "../project/types.js";
 import { qemuImg } from "../store/qemu-img.js";
 import type { Store } from "../store/store.js";
-import type { WarmMeta, WarmStore } from "../store/warm.js";
+import { WarmStore, type WarmMeta } from "../store/warm.js";
 import { errorMessage } from "../util/errors.js";
 import { pathExists } from "../util/fs.js";
 import { projectVmOptions } from "../vm/options.js";
@@ -153,4 +153,57 @@ const nothing = (): Promise<void> => Promise.resolve();
 
 function firstLine(s: string): string {
   return s.split("\n")[0] ?? s;
+}
+
+export interface ImageVmRequest {
+  project: Project;
+  store: Store;
+  /** Absolute path of the published object to run. */
+  object: string;
+  /** The throwaway disk to create (outside the build dir; backed by absolute paths). */
+  disk: string;
+  /** Asked for by the user; when unset, a snapshot's own size is taken, else defaults. */
+  mem?: number;
+  cpus?: number;
+  vm: Pick<VmOptions, "keyPath" | "serialLog" | "runDir">;
+  signal: AbortSignal;
+  note: (message: string) => void;
+}
+
+/**
+ * A throwaway VM of a published image (`dbuild shell`): resumed from the image's warm snapshot when
+ * one fits (the user asked for no other memory or CPUs), else booted as before. Nothing is saved.
+ */
+export async function startImageVm(r: ImageVmRequest): Promise<{ vm: QemuVm; resumed: boolean }> {
+  const s = r.project.settings;
+  const object = path.basename(r.object);
+  const warm = new WarmStore(r.store.internalDir);
+  const child = (backing: string): Promise<string> => qemuImg(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, r.disk], r.signal);
+  const meta = s.warm.enabled && s.network.mode === "user" ? await warm.peek(object) : undefined;
+  if (meta && (r.mem ?? meta.mem) === meta.mem && (r.cpus ?? meta.cpus) === meta.cpus) {
+    const base = projectVmOptions(s, { ...r.vm, disk: r.disk, mem: meta.mem, cpus: meta.cpus, signal: r.signal });
+    const found = await warm.find({ object, mem: meta.mem, cpus: meta.cpus, qemu: await qemuVersion(), devices: await deviceSet(base) });
+    if (found.discarded) r.note(`the warm snapshot of this image was discarded: ${found.discarded}; booting`);
+    if (found.snap) {
+      await child(found.snap.boot);
+      try {
+        const vm = await startVm({ ...base, mac: found.snap.meta.mac, resume: { stateFile: found.snap.state, ip: found.snap.meta.ip } });
+        try {
+          await setGuestClock(vm, r.signal);
+        } catch (e) {
+          await vm.kill();
+          throw e;
+        }
+        return { vm, resumed: true };
+      } catch (e) {
+        if (r.signal.aborted) throw e;
+        await warm.discard(object);
+        r.note(`the warm snapshot of this image could not be resumed and was discarded (${firstLine(errorMessage(e))}); booting`);
+        await fs.rm(r.disk, { force: true });
+      }
+    }
+  }
+  await child(r.object);
+  const vm = await startVm(projectVmOptions(s, { ...r.vm, disk: r.disk, mem: r.mem ?? s.defaults.mem, cpus: r.cpus ?? s.defaults.cpus, signal: r.signal }));
+  return { vm, resumed: false };
 }

@@ -96,6 +96,17 @@ export class WarmStore {
     return { snap: { ...snap, meta } };
   }
 
+  /** The description of `object`'s snapshot, if one is installed (nothing is checked or discarded). */
+  async peek(object: string): Promise<WarmMeta | undefined> {
+    const dir = await this.linkedDir(object);
+    if (!dir) return undefined;
+    try {
+      return JSON.parse(await fs.readFile(path.join(dir, "meta.json"), "utf8")) as WarmMeta;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** A new, private folder for a snapshot being taken of `object` (install() publishes it). */
   async create(object: string): Promise<string> {
     await fs.mkdir(this.dir, { recursive: true });

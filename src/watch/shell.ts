@@ -8,11 +8,9 @@ import os from "node:os";
 import path from "node:path";
 import type { Project } from "../project/types.js";
 import type { Store } from "../store/store.js";
-import { createChild } from "../vm/image.js";
 import { ensureProjectKey } from "../vm/keys.js";
-import { startVm } from "../vm/qemu.js";
+import { startImageVm } from "../exec/warm-start.js";
 import { shellQuote } from "../vm/ssh.js";
-import { projectVmOptions } from "../vm/options.js";
 
 export interface ShellVm {
   stack: string;
@@ -30,7 +28,6 @@ export interface ShellVm {
 
 export async function startShell(project: Project, store: Store, stack: string, signal: AbortSignal): Promise<ShellVm> {
   const t0 = Date.now();
-  const s = project.settings;
   // The view is a link into the objects dir; back the snapshot by the object itself, so that a later
   // rebuild moving the view does not change what this VM sees.
   const backing = realpathSync(store.viewPath(stack));
@@ -38,10 +35,16 @@ export async function startShell(project: Project, store: Store, stack: string, 
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "dbuild-watch-"));
   const disk = path.join(dir, `${stack}.qcow2`);
   try {
-    await createChild(backing, disk, { signal });
-    const vm = await startVm(
-      projectVmOptions(s, { disk, mem: s.defaults.mem, cpus: s.defaults.cpus, keyPath: key, serialLog: path.join(dir, "console.log"), runDir: path.join(dir, "run"), signal }),
-    );
+    // Resumed from the image's warm snapshot where one exists (the image had a child built), else booted.
+    const { vm } = await startImageVm({
+      project,
+      store,
+      object: backing,
+      disk,
+      vm: { keyPath: key, serialLog: path.join(dir, "console.log"), runDir: path.join(dir, "run") },
+      signal,
+      note: () => undefined,
+    });
     let stopped: Promise<void> | undefined;
     const user = "root";
     return {

@@ -13,6 +13,8 @@ import { DbuildError } from "../../util/errors.js";
 import { createChild } from "../../vm/image.js";
 import { ensureProjectKey } from "../../vm/keys.js";
 import { startVm } from "../../vm/qemu.js";
+import { startImageVm } from "../../exec/warm-start.js";
+import { Store } from "../../store/store.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { sshArgs } from "../../vm/rsync.js";
 import { pathExists } from "../../util/fs.js";
@@ -255,12 +257,20 @@ export function registerVmCommands(program: Command): void {
       const onSig = (): void => ac.abort(new Error("interrupted"));
       process.once("SIGINT", onSig);
       try {
-        await createChild(backing, disk);
-        process.stderr.write(`booting ${path.basename(backing)} ...\n`);
-        vm = await startVm({
-          ...projectVmOptions(s, { disk, mem: o.mem ?? s.defaults.mem, cpus: o.cpus ?? s.defaults.cpus, keyPath: key, serialLog: path.join(runDir, "serial.log"), runDir }),
+        process.stderr.write(`starting ${path.basename(backing)} ...\n`);
+        const started = await startImageVm({
+          project,
+          store: new Store(s.buildDir),
+          object: backing,
+          disk,
+          ...(o.mem !== undefined ? { mem: o.mem } : {}),
+          ...(o.cpus !== undefined ? { cpus: o.cpus } : {}),
+          vm: { keyPath: key, serialLog: path.join(runDir, "serial.log"), runDir },
           signal: ac.signal,
+          note: (m) => process.stderr.write(`warning: ${m}\n`),
         });
+        vm = started.vm;
+        if (started.resumed) process.stderr.write("resumed from the image's warm snapshot\n");
         process.off("SIGINT", onSig);
         process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath: key, port: vm.sshPort, user: "root", host: vm.sshHost, command: [], tty: true }));
       } catch (e) {
