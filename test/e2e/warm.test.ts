@@ -3,12 +3,12 @@
  * snapshot; later children resume from it (two at once here), with the guest clock set; what a
  * warm-built image holds matches a cold build; stale snapshots are refused; eviction and gc.
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { dbuild } from "../helpers/cli.js";
+import { dbuild, dbuildBin } from "../helpers/cli.js";
 import { makeVmProject, type VmProject } from "../helpers/vmproject.js";
 import { killQemuOf, qemuOf } from "../helpers/processes.js";
 import type { CliResult } from "../helpers/cli.js";
@@ -101,6 +101,12 @@ describe("warm starts", { timeout: 300_000 }, () => {
     expect(errs.length).toBe(2);
     for (const e of errs) expect(Math.abs(e)).toBeLessThan(2);
     for (const s of ["micro:b", "micro:c"]) checkOneDelta(await objectOf(s), micro);
+    expect(qemuOf(p.root)).toEqual([]);
+    // `dbuild shell` of the image resumes from its snapshot too (commands on stdin: no terminal here).
+    const sh = spawnSync(process.execPath, [dbuildBin, "shell", "micro"], { cwd: p.root, input: "echo shell-says-$((6*7)); exit\n", encoding: "utf8", timeout: 120_000 });
+    expect(sh.status, sh.stderr).toBe(0);
+    expect(sh.stderr).toContain("resumed from the image's warm snapshot");
+    expect(sh.stdout).toContain("shell-says-42");
     expect(qemuOf(p.root)).toEqual([]);
   });
 
