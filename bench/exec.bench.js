@@ -5,13 +5,13 @@
 //  3. disk: a layer that writes 1 MiB adds at most 2 MiB to the store
 //  4. a no-op `dbuild all` (goal < 0.5 s, no VM started)
 // Run: npm run bench -- exec     Writes docs/bench/exec.md.
-import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { freeTcpPort, releasePort } from "../dist/vm/ports.js";
-import { loadavg, median, microImage, root, writeSection } from "./lib.js";
+import { floorVm, loadavg, median, microImage, root, writeSection } from "./lib.js";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const { image, key, pubkey } = microImage();
@@ -53,31 +53,17 @@ dbuild("build", "micro");
 
 const rows = { j1: [], j2: [], one: [], floor: [] };
 
-// --- hand-made floor of one layer cycle ---
-const SSH = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-i", key];
+// --- hand-made floor of one layer cycle (bench/lib.js floorVm: one SSH connection, probes 100 ms apart) ---
 async function floorCycle(i) {
   const base = fs.realpathSync(path.join(proj, "build", "micro.qcow2"));
   const disk = path.join(dir, `floor-${i}.qcow2`);
   const t0 = performance.now();
   execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, disk]);
   const port = await freeTcpPort();
-  const q = spawn("qemu-system-x86_64", [
-    "-nodefaults", "-display", "none", "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "256", "-smp", "1",
-    "-drive", `file=${disk},if=virtio,format=qcow2,discard=unmap`, "-device", "virtio-rng-pci",
-    "-netdev", `user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:22`, "-device", "virtio-net-pci,netdev=n0",
-    "-serial", `file:${path.join(dir, `floor-${i}.log`)}`,
-  ], { stdio: "ignore" });
-  const exited = new Promise((r) => q.once("exit", r));
-  const ssh = (cmd) => execFileSync("ssh", [...SSH, "-p", String(port), "root@127.0.0.1", cmd], { stdio: "pipe" });
-  execFileSync("bash", ["-c", `until ssh ${SSH.join(" ")} -p ${port} root@127.0.0.1 true 2>/dev/null; do :; done`]);
-  execFileSync("rsync", ["-rL", "-e", `ssh ${SSH.join(" ")} -p ${port}`, path.join(proj, "layers", "a", "target") + "/", `root@127.0.0.1:/tmp/layer/`]);
-  ssh("cd /tmp/layer && ./install && rm -rf /tmp/layer && sync && fstrim / ; sync");
-  try {
-    ssh("/sbin/poweroff");
-  } catch {
-    /* connection drops as the guest goes down */
-  }
-  await exited;
+  const vm = await floorVm({ disk, key, dir, name: `floor-${i}`, port });
+  vm.rsync(path.join(proj, "layers", "a", "target") + "/", "/tmp/layer/");
+  vm.ssh("cd /tmp/layer && ./install && cd / && rm -rf /tmp/layer && sync && fstrim / ; sync");
+  await vm.poweroff();
   releasePort(port);
   const ms = performance.now() - t0;
   fs.rmSync(disk, { force: true });
@@ -130,8 +116,9 @@ try {
 | store growth for a layer writing 1 MiB | ${(allocated / 1048576).toFixed(2)} MiB | 1 MiB written | | <= 2 MiB |
 | no-op \`dbuild all\` (node start to exit) | ${s(median(noop))} | | | < 0.5 s; VM started: ${vmStarted ? "YES" : "no"} |
 
-The hand-made floor: \`qemu-img create\` of a child, the same QEMU line without the guest agent, \`until ssh true\`,
-\`rsync -rL\` of target/, \`./install\`, clean-up with \`sync\` + \`fstrim\`, \`/sbin/poweroff\`, wait for QEMU to exit.
+The hand-made floor: \`qemu-img create\` of a child, the same QEMU line without the guest agent, \`ssh true\` probes
+100 ms apart, then ONE SSH connection (ControlMaster) for \`rsync -rL\` of target/, \`./install\` and the clean-up
+(\`sync\` + \`fstrim\`), \`/sbin/poweroff\`, wait for QEMU to exit.
 dbuild additionally waits for the guest agent to report the IP, removes MAC references, and publishes the image
 (rebase, record, view). Per-run ms: -j1 ${rows.j1.map((x) => x.toFixed(0)).join(", ")}; -j2 ${rows.j2.map((x) => x.toFixed(0)).join(", ")};
 one ${rows.one.map((x) => x.toFixed(0)).join(", ")}; floor ${rows.floor.map((x) => x.toFixed(0)).join(", ")}.

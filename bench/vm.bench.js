@@ -1,15 +1,15 @@
 // VM runtime overhead: time from QEMU start to SSH-ready, and from "power off" to QEMU exit, for
-// startVm()/shutdown() vs. the floor: the same guest booted by a hand-written qemu command line, polled
-// by `until ssh ... true; do :; done`, powered off with `ssh ... poweroff`. Median of 5, interleaved so
+// startVm()/shutdown() vs. the floor (bench/lib.js floorVm): the same guest booted by a hand-written qemu
+// command line, probed with `ssh true` 100 ms apart, powered off with /sbin/poweroff over that one connection. Median of 5, interleaved so
 // load changes on this shared machine hit both sides alike. Writes docs/bench/vm.md.
 // Run: npm run bench -- vm   (needs the micro test image: built on first use by the e2e helpers' cache)
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { startVm } from "../dist/vm/qemu.js";
 import { freeTcpPort, releasePort } from "../dist/vm/ports.js";
-import { median, microImage, writeSection } from "./lib.js";
+import { floorVm, median, microImage, writeSection } from "./lib.js";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 
@@ -32,32 +32,14 @@ async function ours(dir, image, key, i) {
   return { ready, exit: performance.now() - t1, timings: vm.timings };
 }
 
-const SSH_OPTS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=5";
-
 async function floor(dir, image, key, i) {
   const disk = child(dir, image, `floor-${i}.qcow2`);
   const port = await freeTcpPort();
-  const args = [
-    "-nodefaults", "-display", "none", "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "256", "-smp", "1",
-    "-drive", `file=${disk},if=virtio,format=qcow2`, "-device", "virtio-rng-pci",
-    "-netdev", `user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:22`, "-device", "virtio-net-pci,netdev=n0",
-    "-serial", `file:${path.join(dir, `floor-${i}.log`)}`,
-  ];
-  const t0 = performance.now();
-  const q = spawn("qemu-system-x86_64", args, { stdio: "ignore" });
-  const exited = new Promise((r) => q.once("exit", r));
-  const ssh = `ssh ${SSH_OPTS} -i ${key} -p ${port} root@127.0.0.1`;
-  execFileSync("bash", ["-c", `until ${ssh} true 2>/dev/null; do :; done`]);
-  const ready = performance.now() - t0;
+  const vm = await floorVm({ disk, key, dir, name: `floor-${i}`, port });
   const t1 = performance.now();
-  try {
-    execFileSync("bash", ["-c", `${ssh} poweroff`], { stdio: "ignore" });
-  } catch {
-    // the connection may drop as the guest goes down
-  }
-  await exited;
+  await vm.poweroff();
   releasePort(port);
-  return { ready, exit: performance.now() - t1 };
+  return { ready: vm.ready, exit: performance.now() - t1 };
 }
 
 const { image, key } = microImage();
@@ -82,8 +64,8 @@ const load = os.loadavg().map((x) => x.toFixed(1)).join(" ");
 const md = `## VM runtime: boot to SSH-ready, poweroff to exit
 
 \`npm run bench -- vm\` (bench/vm.bench.js; BENCH_RUNS=${RUNS}). Micro guest, TCG, 256 MiB, 1 vCPU, user networking.
-Floor: the same guest from a hand-written \`qemu-system-x86_64\` line polled with \`until ssh ... true; do :; done\`,
-then \`ssh ... poweroff\`. Runs interleaved; medians of ${RUNS}. Load average at the end: ${load} (machine shared).
+Floor: the same guest from a hand-written \`qemu-system-x86_64\` line probed with \`ssh true\` 100 ms apart (OpenSSH
+ControlMaster: the connection that answers is reused), then \`/sbin/poweroff\` over it. Runs interleaved; medians of ${RUNS}. Load average at the end: ${load} (machine shared).
 
 | | startVm() / shutdown() | floor | ratio |
 |---|---|---|---|
