@@ -24,6 +24,7 @@ const PROVIDER: Record<string, string> = {
   "ssh-keygen": "openssh-client",
   "mkfs.ext4": "e2fsprogs",
   debugfs: "e2fsprogs",
+  packer: "packer",
   sfdisk: "fdisk",
   syslinux: "syslinux",
   mcopy: "mtools",
