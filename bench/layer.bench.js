@@ -102,7 +102,8 @@ function packerCycle(i) {
       disk_cache: "writeback",
       disk_discard: "unmap",
       net_device: "virtio-net",
-      qemuargs: [["-device", "virtio-rng-pci"], ["-cpu", "max"]],
+      // A -device here replaces ALL of Packer's default -device arguments: name its NIC (netdev user.0) too.
+      qemuargs: [["-device", "virtio-net,netdev=user.0,romfile="], ["-device", "virtio-rng-pci"], ["-cpu", "max"]],
       vnc_bind_address: "127.0.0.1",
       host_port_min: 40000,
       host_port_max: 49000,

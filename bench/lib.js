@@ -105,7 +105,7 @@ export async function floorVm({ disk, key, dir, name, mem = 256, port }) {
     "-nodefaults", "-no-user-config", "-display", "none", "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max",
     "-m", String(mem), "-smp", "1",
     "-drive", `file=${disk},if=virtio,format=qcow2,discard=unmap`, "-device", "virtio-rng-pci",
-    "-netdev", `user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:22`, "-device", "virtio-net-pci,netdev=n0",
+    "-netdev", `user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:22`, "-device", "virtio-net-pci,netdev=n0,romfile=",
     "-serial", `file:${path.join(dir, `${name}.console.log`)}`,
   ], { stdio: "ignore" });
   const exited = new Promise((r) => q.once("exit", r));

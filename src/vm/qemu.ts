@@ -282,7 +282,8 @@ function buildArgs(o: {
   } else {
     args.push("-netdev", `user,id=net0,hostfwd=tcp:127.0.0.1:${o.hostPort}-:22`);
   }
-  args.push("-device", `virtio-net-pci,netdev=net0,mac=${o.mac}`);
+  // romfile=: no iPXE option ROM; SeaBIOS would load and initialise it on every boot for nothing.
+  args.push("-device", `virtio-net-pci,netdev=net0,mac=${o.mac},romfile=`);
   if (opts.vnc) args.push("-vga", "std", "-vnc", "127.0.0.1:0,to=99");
   // exec: runs through /bin/sh: quote the path. QEMU waits for the state before running the guest.
   if (opts.resume) args.push("-incoming", `exec:cat '${opts.resume.stateFile.replace(/'/g, "'\\''")}'`);
