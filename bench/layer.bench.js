@@ -52,7 +52,7 @@ write("keys/demobuilder", fs.readFileSync(key), 0o600);
 write("keys/demobuilder.pub", fs.readFileSync(pubkey));
 write("demobuild.yaml", "buildVm: {mem: 256, cpus: 1}\njobs: 1\n");
 write("layers/scp/target/scp", fs.readFileSync("/usr/bin/scp"), 0o755);
-write("layers/scp/target/install", "#!/bin/sh\nset -e\ninstall -m 0755 scp /usr/bin/scp\n", 0o755);
+write("layers/scp/target/install", "#!/bin/sh\nset -e\ncp scp /usr/bin/scp\nchmod 0755 /usr/bin/scp\n", 0o755);
 fs.symlinkSync("../../utils/addlayer.sh", path.join(proj, "layers/scp/install"));
 write("layers/pay/target/payload.bin", randomBytes(4 * 1048576));
 fs.symlinkSync("../../utils/addlayer.sh", path.join(proj, "layers/pay/install"));
