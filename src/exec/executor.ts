@@ -2,30 +2,26 @@
  * The build executor: where layers meet VMs. Takes a plan, builds its stale nodes (parents first,
  * independent branches in parallel) and publishes each image atomically through the store.
  *
- * Per kind:
- *   base          host `install` writing DBUILD_OUTPUT, or a declarative import (from + sha256)
- *   intermediate  the seed's seven steps: COW child, boot + agent IP, rsync target/, run target/install,
- *                 remove the directory, remove MAC references (+ sync, fstrim), power off
- *   finalizing    the same VM cycle, then the layer's host `convert` writes the deliverable
+ * What every node shares lives here: pull from a remote cache, restore from the store, publish, record,
+ * events, clean-up, --keep-failed. What differs by kind is a runner in ./runners/ (base install, import,
+ * VM cycle, finalize), picked by runnerFor().
  */
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { Plan, PlanNode } from "../model/plan.js";
-import type { Layer, Project } from "../project/types.js";
+import type { Project } from "../project/types.js";
 import type { BuildEvent, Step } from "../report/events.js";
 import { qemuImg } from "../store/qemu-img.js";
 import type { Store } from "../store/store.js";
 import type { NodeRecord } from "../model/store.js";
-import { userCacheDir } from "../store/user-cache.js";
 import { errorMessage } from "../util/errors.js";
-import { ensureProjectKey } from "../vm/keys.js";
-import type { Vm } from "../vm/types.js";
-import { fetchImport, runHostScript } from "./host.js";
 import { NodeLog } from "./node-log.js";
+import { runnerFor } from "./runners/index.js";
+import type { RunContext } from "./runners/types.js";
 import { runGraph } from "./scheduler.js";
 import { StepError } from "./step-error.js";
 import { WarmStore } from "../store/warm.js";
-import { startBuildVm, type BuildVm, type WarmMode } from "./warm-start.js";
+import type { WarmMode } from "./warm-start.js";
 
 export interface BuildOptions {
   jobs: number;
@@ -48,19 +44,6 @@ export interface BuildResult {
   failed: string[];
   skipped: string[];
 }
-
-/** Directory in the guest the layer's target/ is copied to (removed before power-off). */
-const GUEST_DIR = "/tmp/dbuild-layer";
-
-/** Step 6 and the disk trim, in one guest command: keeps deltas small and images portable. */
-const GUEST_CLEANUP = [
-  `rm -rf ${GUEST_DIR}`,
-  "rm -f /etc/udev/rules.d/70-persistent-net.rules",
-  "for f in /etc/sysconfig/network-scripts/ifcfg-*; do [ -f \"$f\" ] && sed -i -e '/^HWADDR=/d' -e '/^MACADDR=/d' \"$f\"; done",
-  "sync",
-  "(command -v fstrim >/dev/null 2>&1 && fstrim / 2>/dev/null) || true",
-  "sync",
-].join("; ");
 
 export async function build(project: Project, plan: Plan, store: Store, opts: BuildOptions): Promise<BuildResult> {
   const start = Date.now();
@@ -162,19 +145,33 @@ async function buildNode(
     if (node.parent && !parentRec) throw new StepError("cow", `parent ${node.parent} has no image (was it deleted during the build?)`);
     const tmpImage = store.tmpPath(node.stack) + ".qcow2";
     work.push(tmpImage);
-    if (node.kind === "base") {
-      await buildBase(project, layer, node, store, tmpImage, log, setStep, signal);
-    } else {
-      const parentObject = store.objectPath(parentRec!.object);
-      try {
-        await applyLayerInVm(project, layer, node, store, parentRec!.object, tmpImage, log, setStep, signal, opts);
-      } catch (e) {
-        if (opts.keepFailed && !signal.aborted && !(e instanceof StepError && e.step === "cow")) {
-          keptDisk = await keepFailedDisk(store, node, tmpImage, parentObject, signal);
-          work.splice(work.indexOf(tmpImage), 1);
-        }
-        throw e;
+    const parent = parentRec ? { object: parentRec.object, path: store.objectPath(parentRec.object) } : null;
+    const runner = runnerFor(node, layer);
+    const ctx: RunContext = {
+      project,
+      layer,
+      node,
+      store,
+      log,
+      setStep,
+      warn: (message) => {
+        log.note(`warning: ${message}`);
+        opts.emit({ type: "warning", time: Date.now(), stack: node.stack, message });
+      },
+      signal,
+      tmpImage,
+      parent,
+      warm: opts.warm ?? "warm",
+      work,
+    };
+    try {
+      await runner.buildImage(ctx);
+    } catch (e) {
+      if (parent && opts.keepFailed && !signal.aborted && !(e instanceof StepError && e.step === "cow")) {
+        keptDisk = await keepFailedDisk(store, node, tmpImage, parent.path, signal);
+        work.splice(work.indexOf(tmpImage), 1);
       }
+      throw e;
     }
     setStep("publish");
     const object = await store.publishImage(tmpImage, node.key, parentRec?.object ?? null);
@@ -190,8 +187,8 @@ async function buildNode(
       builtAt: new Date().toISOString(),
     };
     let next: string | undefined;
-    if (node.kind === "finalizing") {
-      const out = await convertDeliverable(project, layer, node, store, object, log, setStep, signal, work);
+    if (runner.afterPublish) {
+      const out = await runner.afterPublish(ctx, object);
       rec.deliverable = out.deliverable;
       next = out.next;
     }
@@ -230,205 +227,6 @@ async function buildNode(
   } finally {
     for (const f of work) await fs.rm(f, { force: true, recursive: true });
   }
-}
-
-async function buildBase(
-  project: Project,
-  layer: Layer,
-  node: PlanNode,
-  store: Store,
-  tmpImage: string,
-  log: NodeLog,
-  setStep: (s: Step, d?: string) => void,
-  signal: AbortSignal,
-): Promise<void> {
-  const imp = layer.config.import;
-  if (imp) {
-    setStep("import", imp.from);
-    const file = await fetchImport(imp.from, imp.sha256, {
-      layerDir: layer.dir,
-      cacheDir: userCacheDir(),
-      signal,
-      progress: (d) => setStep("import", d),
-    });
-    // Converting (not copying) makes any input format a standalone qcow2 with no backing file.
-    await qemuImg(["convert", "-O", "qcow2", file, tmpImage], signal);
-    return;
-  }
-  const keys = await ensureProjectKey(project.root);
-  const workdir = store.tmpPath(`${node.stack}-work`);
-  await fs.mkdir(workdir, { recursive: true });
-  const cache = path.join(userCacheDir(), "layers", layer.name);
-  await fs.mkdir(cache, { recursive: true });
-  setStep("install-host", "running install on the host");
-  try {
-    await runHostScript("install-host", path.join(layer.dir, "install"), {
-      cwd: layer.dir,
-      env: {
-        ...layer.config.env,
-        ...node.settings,
-        LAYER: layer.name,
-        STACK: node.stack,
-        DBUILD_OUTPUT: tmpImage,
-        DBUILD_PUBKEY: keys.pub,
-        DBUILD_CACHE: cache,
-        DBUILD_WORKDIR: workdir,
-        DBUILD_PROJECT: project.root,
-      },
-      log,
-      signal,
-      timeoutMs: (layer.config.timeout ?? project.settings.timeouts.install) * 1000,
-    });
-  } finally {
-    await fs.rm(workdir, { recursive: true, force: true });
-  }
-  try {
-    const info = JSON.parse(await qemuImg(["info", "--output=json", tmpImage], signal)) as { format?: string; "backing-filename"?: string };
-    if (info["backing-filename"]) throw new StepError("install-host", `install wrote an image with a backing file (${info["backing-filename"]}); a base image must stand alone`);
-    if (info.format !== "qcow2") {
-      const conv = `${tmpImage}.conv`;
-      await qemuImg(["convert", "-O", "qcow2", tmpImage, conv], signal);
-      await fs.rename(conv, tmpImage);
-    }
-  } catch (e) {
-    if (e instanceof StepError) throw e;
-    throw new StepError("install-host", `install finished but wrote no usable image to DBUILD_OUTPUT (${errorMessage(e)})`);
-  }
-}
-
-async function applyLayerInVm(
-  project: Project,
-  layer: Layer,
-  node: PlanNode,
-  store: Store,
-  parentObject: string,
-  tmpImage: string,
-  log: NodeLog,
-  setStep: (s: Step, d?: string) => void,
-  signal: AbortSignal,
-  opts: BuildOptions,
-): Promise<void> {
-  const s = project.settings;
-  const keys = await ensureProjectKey(project.root);
-  // (1) copy-on-write child and (2) a VM on it: resumed from the parent's warm snapshot where one
-  // exists (exec/warm-start.ts), else booted; ready once SSH runs commands.
-  setStep("boot");
-  const runDir = `${tmpImage}.run`;
-  let vm: Vm | undefined;
-  let started: BuildVm | undefined;
-  try {
-    try {
-      started = await startBuildVm({
-        project,
-        store,
-        warm: new WarmStore(store.internalDir),
-        mode: opts.warm ?? "warm",
-        parentObject,
-        tmpImage,
-        vm: {
-          mem: layer.config.mem ?? s.buildVm.mem,
-          cpus: layer.config.cpus ?? s.buildVm.cpus,
-          keyPath: keys.key,
-          serialLog: store.logPath(node.stack).replace(/\.log$/, ".console.log"),
-          runDir,
-        },
-        signal,
-        note: (message) => {
-          log.note(`warning: ${message}`);
-          opts.emit({ type: "warning", time: Date.now(), stack: node.stack, message });
-        },
-        log: (m) => log.note(m),
-      });
-      vm = started.vm;
-    } catch (e) {
-      throw new StepError("boot", errorMessage(e));
-    }
-    setStep("boot", started.start);
-    log.note(`VM up: pid ${vm.pid}, guest IP ${vm.ip}, ssh ${vm.sshHost}:${vm.sshPort}`);
-    // (3) rsync target/ into a temporary directory in the guest, symlinks followed (-L).
-    setStep("rsync");
-    try {
-      await vm.rsyncTo(path.join(layer.dir, "target"), GUEST_DIR, { signal });
-    } catch (e) {
-      throw new StepError("rsync", errorMessage(e));
-    }
-    // (4) run target/install there.
-    setStep("install");
-    const env: Record<string, string> = { ...layer.config.env, ...node.settings, LAYER: layer.name, STACK: node.stack };
-    const r = await vm.exec(`cd ${GUEST_DIR} && chmod +x ./install 2>/dev/null; ./install`, {
-      env,
-      onStdout: (d) => log.chunk("stdout", d),
-      onStderr: (d) => log.chunk("stderr", d),
-      timeoutMs: (layer.config.timeout ?? s.timeouts.install) * 1000,
-      signal,
-    });
-    if (signal.aborted) throw new StepError("install", "interrupted");
-    if (r.code !== 0) {
-      throw new StepError("install", `target/install exited with ${r.code === null ? `signal ${r.signal ?? "?"}` : `code ${r.code}`}`, r.code);
-    }
-    // (5) remove the directory, (6) MAC-address references, then sync + fstrim so the delta stays small.
-    setStep("cleanup");
-    const c = await vm.exec(GUEST_CLEANUP, { onStdout: (d) => log.chunk("stdout", d), onStderr: (d) => log.chunk("stderr", d), timeoutMs: 120_000, signal });
-    if (c.code !== 0) throw new StepError("cleanup", `clean-up in the guest exited with code ${c.code}`, c.code);
-    // (7) power off.
-    setStep("poweroff");
-    await vm.shutdown({ timeoutMs: s.timeouts.shutdown * 1000 });
-    vm = undefined;
-    // One delta over the parent, whatever the VM started from.
-    await started.finish(signal);
-  } finally {
-    if (vm) await vm.kill();
-    await started?.release();
-    await fs.rm(runDir, { recursive: true, force: true });
-  }
-}
-
-async function convertDeliverable(
-  project: Project,
-  layer: Layer,
-  node: PlanNode,
-  store: Store,
-  object: string,
-  log: NodeLog,
-  setStep: (s: Step, d?: string) => void,
-  signal: AbortSignal,
-  work: string[],
-): Promise<{ deliverable: { path: string; object: string }; next?: string }> {
-  const cfg = layer.config;
-  const format = cfg.format ?? layer.name;
-  const ext = cfg.extension ?? format;
-  setStep("convert", `to ${format}`);
-  const out = store.tmpPath(`${node.stack}.${ext}`);
-  const workdir = store.tmpPath(`${node.stack}-convert`);
-  work.push(out, workdir);
-  await fs.mkdir(workdir, { recursive: true });
-  const settings = node.settings;
-  await runHostScript("convert", path.join(layer.dir, "convert"), {
-    cwd: layer.dir,
-    env: {
-      ...layer.config.env,
-      ...settings,
-      LAYER: layer.name,
-      STACK: node.stack,
-      DBUILD_IMAGE: store.objectPath(object),
-      DBUILD_OUTPUT: out,
-      DBUILD_WORKDIR: workdir,
-    },
-    log,
-    signal,
-    timeoutMs: project.settings.timeouts.install * 1000,
-  });
-  try {
-    await fs.access(out);
-  } catch {
-    throw new StepError("convert", `${layer.name}/convert finished but wrote nothing to DBUILD_OUTPUT`);
-  }
-  setStep("publish", "deliverable");
-  const delivObject = await store.publishFile(out, node.key, ext);
-  const rel = path.relative(store.buildDir, store.deliverablePath(layer.name, node.stack, ext));
-  const vars: Record<string, string> = { ...settings, OUTPUT: path.join(store.buildDir, rel), STACK: node.stack, LAYER: layer.name };
-  const next = cfg.next?.replace(/\{([A-Z_]+)\}/g, (m, k: string) => vars[k] ?? m);
-  return { deliverable: { path: rel, object: delivObject }, ...(next ? { next } : {}) };
 }
 
 /**

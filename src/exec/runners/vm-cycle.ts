@@ -1,0 +1,137 @@
+/**
+ * An intermediate node: the seed's seven steps, applied to a copy-on-write child of the parent image.
+ *
+ *   (1)+(2) boot  a VM on a copy-on-write child of the parent: resumed from the parent's warm snapshot
+ *                 where one exists (exec/warm-start.ts), else booted; ready once SSH runs commands
+ *   (3) rsync     the layer's target/ into a temporary directory in the guest
+ *   (4) install   target/install, run there
+ *   (5)+(6) cleanup  remove that directory and MAC-address references; sync + fstrim
+ *   (7) poweroff, then fold whatever the VM started from into one delta over the parent
+ *
+ * Steps (3) to (6) are GUEST_STEPS, run in order against the running VM: a new step is one more function
+ * in that list.
+ */
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { WarmStore } from "../../store/warm.js";
+import { errorMessage } from "../../util/errors.js";
+import { ensureProjectKey } from "../../vm/keys.js";
+import type { Vm } from "../../vm/types.js";
+import { StepError } from "../step-error.js";
+import { startBuildVm, type BuildVm } from "../warm-start.js";
+import type { NodeRunner, RunContext } from "./types.js";
+
+/** Directory in the guest the layer's target/ is copied to (removed before power-off). */
+export const GUEST_DIR = "/tmp/dbuild-layer";
+
+/** Steps 5 and 6 and the disk trim, in one guest command: keeps deltas small and images portable. */
+const GUEST_CLEANUP = [
+  `rm -rf ${GUEST_DIR}`,
+  "rm -f /etc/udev/rules.d/70-persistent-net.rules",
+  "for f in /etc/sysconfig/network-scripts/ifcfg-*; do [ -f \"$f\" ] && sed -i -e '/^HWADDR=/d' -e '/^MACADDR=/d' \"$f\"; done",
+  "sync",
+  "(command -v fstrim >/dev/null 2>&1 && fstrim / 2>/dev/null) || true",
+  "sync",
+].join("; ");
+
+/** One step run against the running build VM. */
+export type GuestStep = (ctx: RunContext, vm: Vm) => Promise<void>;
+
+/** (3) rsync target/ into a temporary directory in the guest, symlinks followed (-L). */
+const copyTarget: GuestStep = async ({ layer, setStep, signal }, vm) => {
+  setStep("rsync");
+  try {
+    await vm.rsyncTo(path.join(layer.dir, "target"), GUEST_DIR, { signal });
+  } catch (e) {
+    throw new StepError("rsync", errorMessage(e));
+  }
+};
+
+/** (4) run target/install there, with the layer's env and the stack's settings. */
+const runInstall: GuestStep = async ({ project, layer, node, log, setStep, signal }, vm) => {
+  setStep("install");
+  const env: Record<string, string> = { ...layer.config.env, ...node.settings, LAYER: layer.name, STACK: node.stack };
+  const r = await vm.exec(`cd ${GUEST_DIR} && chmod +x ./install 2>/dev/null; ./install`, {
+    env,
+    onStdout: (d) => log.chunk("stdout", d),
+    onStderr: (d) => log.chunk("stderr", d),
+    timeoutMs: (layer.config.timeout ?? project.settings.timeouts.install) * 1000,
+    signal,
+  });
+  if (signal.aborted) throw new StepError("install", "interrupted");
+  if (r.code !== 0) {
+    throw new StepError("install", `target/install exited with ${r.code === null ? `signal ${r.signal ?? "?"}` : `code ${r.code}`}`, r.code);
+  }
+};
+
+/** (5) remove the directory, (6) MAC-address references, then sync + fstrim so the delta stays small. */
+const cleanGuest: GuestStep = async ({ log, setStep, signal }, vm) => {
+  setStep("cleanup");
+  const c = await vm.exec(GUEST_CLEANUP, { onStdout: (d) => log.chunk("stdout", d), onStderr: (d) => log.chunk("stderr", d), timeoutMs: 120_000, signal });
+  if (c.code !== 0) throw new StepError("cleanup", `clean-up in the guest exited with code ${c.code}`, c.code);
+};
+
+/** Steps (3) to (6), in the order they run. */
+export const GUEST_STEPS: readonly GuestStep[] = [copyTarget, runInstall, cleanGuest];
+
+export const vmCycleRunner: NodeRunner = {
+  async buildImage(ctx: RunContext): Promise<void> {
+    const runDir = `${ctx.tmpImage}.run`;
+    let started: BuildVm | undefined;
+    let vm: Vm | undefined;
+    try {
+      started = await boot(ctx, runDir);
+      vm = started.vm;
+      for (const step of GUEST_STEPS) await step(ctx, vm);
+      await powerOff(ctx, vm);
+      vm = undefined;
+      // One delta over the parent, whatever the VM started from.
+      await started.finish(ctx.signal);
+    } finally {
+      if (vm) await vm.kill();
+      await started?.release();
+      await fs.rm(runDir, { recursive: true, force: true });
+    }
+  },
+};
+
+/** (1) copy-on-write child and (2) a VM on it, of the build VM's size (or the layer's). */
+async function boot({ project, layer, node, store, log, setStep, warn, signal, tmpImage, parent, warm }: RunContext, runDir: string): Promise<BuildVm> {
+  if (!parent) throw new StepError("cow", "a VM cycle needs a parent image");
+  const s = project.settings;
+  const keys = await ensureProjectKey(project.root);
+  setStep("boot");
+  let started: BuildVm;
+  try {
+    started = await startBuildVm({
+      project,
+      store,
+      warm: new WarmStore(store.internalDir),
+      mode: warm,
+      parentObject: parent.object,
+      tmpImage,
+      vm: {
+        mem: layer.config.mem ?? s.buildVm.mem,
+        cpus: layer.config.cpus ?? s.buildVm.cpus,
+        keyPath: keys.key,
+        serialLog: store.logPath(node.stack).replace(/\.log$/, ".console.log"),
+        runDir,
+      },
+      signal,
+      note: warn,
+      log: (m) => log.note(m),
+    });
+  } catch (e) {
+    throw new StepError("boot", errorMessage(e));
+  }
+  setStep("boot", started.start);
+  const vm = started.vm;
+  log.note(`VM up: pid ${vm.pid}, guest IP ${vm.ip}, ssh ${vm.sshHost}:${vm.sshPort}`);
+  return started;
+}
+
+/** (7) power off (the image is complete only after a clean shutdown). */
+async function powerOff({ project, setStep }: RunContext, vm: Vm): Promise<void> {
+  setStep("poweroff");
+  await vm.shutdown({ timeoutMs: project.settings.timeouts.shutdown * 1000 });
+}
