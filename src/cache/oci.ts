@@ -11,8 +11,8 @@ import { createReadStream } from "node:fs";
 import { open, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { ReadableStream } from "node:stream/web";
-import { pipeline } from "node:stream/promises";
 import type { NodeKey } from "../model/plan.js";
+import { sha256File, sha256Hex } from "../util/digest.js";
 import { DbuildError, errorMessage } from "../util/errors.js";
 import type { Challenge, Credentials } from "./oci-auth.js";
 import { basicAuthorization, dockerConfigPath, dockerCredentials, parseWwwAuthenticate, tokenUrl } from "./oci-auth.js";
@@ -195,16 +195,6 @@ function short(digest: string): string {
 
 function sizeText(bytes: number): string {
   return bytes >= MiB ? `${(bytes / MiB).toFixed(1)} MiB` : `${bytes} B`;
-}
-
-/** sha256 of a file, streamed. */
-export async function sha256File(path: string, signal?: AbortSignal): Promise<string> {
-  const hash = createHash("sha256");
-  await pipeline(createReadStream(path, { highWaterMark: MiB }), async function* (src: AsyncIterable<Buffer>) {
-    for await (const chunk of src) hash.update(chunk);
-    yield* [];
-  }, { signal });
-  return `sha256:${hash.digest("hex")}`;
 }
 
 /**
@@ -523,7 +513,7 @@ export class OciClient {
       const digest = await this.upload(undefined, size, open, opts, path);
       return { digest, size, uploaded: true };
     }
-    const digest = opts.digest ?? (await sha256File(path, opts.signal));
+    const digest = opts.digest ?? `sha256:${await sha256File(path, opts.signal ? { signal: opts.signal } : {})}`;
     checkDigest(digest);
     if (opts.checkExists !== false && (await this.hasBlob(digest, opts))) {
       opts.onProgress?.(size, size);
@@ -535,7 +525,7 @@ export class OciClient {
 
   /** Uploads a small in-memory blob (configs, the empty descriptor) unless the registry has it. */
   async pushBlobBytes(bytes: Uint8Array, opts: TransferOptions = {}): Promise<BlobResult> {
-    const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+    const digest = `sha256:${sha256Hex(bytes)}`;
     if (await this.hasBlob(digest, opts)) return { digest, size: bytes.length, uploaded: false };
     await this.upload(
       digest,
@@ -755,7 +745,7 @@ export class OciClient {
       return { bytes: Buffer.from(await res.arrayBuffer()), header: res.headers.get("docker-content-digest") };
     });
     if (!found) return undefined;
-    const digest = `sha256:${createHash("sha256").update(found.bytes).digest("hex")}`;
+    const digest = `sha256:${sha256Hex(found.bytes)}`;
     const expected = SHA256_DIGEST.test(reference) ? reference : found.header;
     if (expected && expected.startsWith("sha256:") && expected !== digest) {
       throw new DbuildError(
@@ -795,7 +785,7 @@ export class OciClient {
   async putManifest(reference: string, manifest: ImageManifest, opts: { signal?: AbortSignal } = {}): Promise<string> {
     checkReference(reference);
     const bytes = Buffer.from(JSON.stringify(manifest), "utf8");
-    const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+    const digest = `sha256:${sha256Hex(bytes)}`;
     await this.step(`writing ${this.ref.repo}:${reference}`, true, opts.signal, async () => {
       await this.send("PUT", this.url(`manifests/${reference}`), {
         expect: [201],

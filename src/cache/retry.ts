@@ -2,6 +2,7 @@
  * Retries with exponential backoff and jitter, for idempotent registry steps only. Jitter keeps many CI
  * runners that failed together from hammering a recovering registry in lockstep.
  */
+import { sleep } from "../util/sleep.js";
 
 export interface RetryOptions {
   /** Retries after the first attempt (so `retries + 1` attempts in all). */
@@ -34,24 +35,6 @@ export function backoffMs(attempt: number, opts: RetryOptions): number {
   const cap = Math.min(opts.maxMs, opts.baseMs * 2 ** attempt);
   const rnd = (opts.random ?? Math.random)();
   return Math.round(cap / 2 + (cap / 2) * rnd);
-}
-
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) {
-      reject(signal.reason as Error);
-      return;
-    }
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(signal!.reason as Error);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 /**

@@ -30,7 +30,7 @@ import type { Layer, LayerKind } from "../project/types.js";
 import { isEditorNoise } from "../util/editor-noise.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
-import { DIR, FILE, LINK, OTHER, RACY_MS, SMALL_FILE } from "./statcache.js";
+import { DIR, FILE, isDirRec, LINK, OTHER, RACY_MS, SMALL_FILE } from "./statcache.js";
 import type { DirEnt, DirRec, Ent, FileEnt, LayerRec, LinkEnt, StatCache } from "./statcache.js";
 import type { InputManifest, NodeKey } from "../model/plan.js";
 
@@ -74,8 +74,6 @@ function relWhere(w: Walk, abs: string): string {
 function kindOf(st: Stats): Ent[1] {
   return st.isFile() ? FILE : st.isDirectory() ? DIR : st.isSymbolicLink() ? LINK : OTHER;
 }
-
-const isDirRec = (v: unknown): v is DirRec => Array.isArray(v) && v.length === 2 && Array.isArray(v[1]);
 
 /** A file's entry: the previous digest when its stat matches, else queued for hashing. */
 function fileEnt(w: Walk, abs: string, name: string, st: Stats, prev: Ent | undefined): FileEnt {

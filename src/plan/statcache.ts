@@ -23,11 +23,11 @@
  * or its directory listed, again).
  */
 import { isAscii } from "node:buffer";
-import { createHash } from "node:crypto";
-import { createReadStream, readFileSync, statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { FileDigest } from "../model/plan.js";
+import { sha256File, sha256Hex } from "../util/digest.js";
 
 /**
  * Bump when the records' layout or the way fingerprint.ts turns a walk into a digest changes: a stored
@@ -80,16 +80,6 @@ export interface HashStats {
   /** Files actually read and hashed (cache misses). */
   hashed: number;
   bytesHashed: number;
-}
-
-export async function sha256File(file: string, size: number): Promise<FileDigest> {
-  const h = createHash("sha256");
-  if (size <= SMALL_FILE) {
-    h.update(await fs.readFile(file));
-  } else {
-    for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  }
-  return h.digest("hex") as FileDigest;
 }
 
 export class StatCache {
@@ -177,7 +167,7 @@ export class StatCache {
    */
   hashSync(absPath: string, size: number): FileDigest {
     this.onHash?.(this.keyOf(absPath));
-    const digest = createHash("sha256").update(readFileSync(absPath)).digest("hex") as FileDigest;
+    const digest = sha256Hex(readFileSync(absPath)) as FileDigest;
     this.stats.hashed++;
     this.stats.bytesHashed += size;
     return digest;
@@ -185,7 +175,7 @@ export class StatCache {
 
   async hash(absPath: string, size: number): Promise<FileDigest> {
     this.onHash?.(this.keyOf(absPath));
-    const digest = await sha256File(absPath, size);
+    const digest = (await sha256File(absPath, { size })) as FileDigest;
     this.stats.hashed++;
     this.stats.bytesHashed += size;
     return digest;
@@ -221,6 +211,6 @@ export class StatCache {
   }
 }
 
-function isDirRec(v: unknown): v is DirRec {
+export function isDirRec(v: unknown): v is DirRec {
   return Array.isArray(v) && v.length === 2 && Array.isArray(v[1]);
 }

@@ -17,13 +17,13 @@
  * whose object still exists (the user deleted the view to force it) publishes under a new name
  * (`<key>.<n>.qcow2`) and leaves the old one for the children backed by it; `gc` removes it later.
  */
-import { createHash, randomBytes } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { NodeKey } from "../model/plan.js";
 import type { NodeRecord, StoreView } from "../model/store.js";
 import { qemuImg } from "./qemu-img.js";
+import { sha256File } from "../util/digest.js";
 import { pathExists } from "../util/fs.js";
 
 export class Store implements StoreView {
@@ -192,7 +192,7 @@ export class Store implements StoreView {
     }
     // Hashed once here, while the file is still in the page cache, so a push or a child's pull never
     // has to read the object again. A caller that knows the digest (a pull) passes it.
-    const d = digest ?? (await sha256OfFile(tmpFile));
+    const d = digest ?? `sha256:${await sha256File(tmpFile)}`;
     const name = await this.publishFile(tmpFile, key, "qcow2");
     this.publishedDigests.set(name, d);
     return name;
@@ -204,7 +204,7 @@ export class Store implements StoreView {
    */
   async objectDigest(rec: NodeRecord): Promise<string> {
     if (rec.digest) return rec.digest;
-    const digest = await sha256OfFile(this.objectPath(rec.object));
+    const digest = `sha256:${await sha256File(this.objectPath(rec.object))}`;
     const next = { ...rec, digest };
     await writeFileAtomic(path.join(this.recordsDir, `${rec.key}.json`), JSON.stringify(next, null, 2) + "\n");
     this.recordCache.set(rec.key, next);
@@ -282,12 +282,5 @@ export async function writeFileAtomic(file: string, data: string): Promise<void>
   const tmp = `${file}.tmp-${randomBytes(4).toString("hex")}`;
   await fs.writeFile(tmp, data);
   await fs.rename(tmp, file);
-}
-
-/** sha256 of a file as `sha256:HEX`, streamed. */
-export async function sha256OfFile(file: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(file, { highWaterMark: 1024 * 1024 })) h.update(chunk as Buffer);
-  return `sha256:${h.digest("hex")}`;
 }
 

@@ -10,7 +10,8 @@
 import { randomInt } from "node:crypto";
 import type net from "node:net";
 import { connectUnix } from "./qmp.js";
-import { abortError, TimeoutError } from "./wait.js";
+import { abortError } from "../util/sleep.js";
+import { TimeoutError } from "./wait.js";
 
 export class AgentError extends Error {
   constructor(

@@ -17,7 +17,8 @@ import { installVmCleanupHandlers, registerVm, unregisterVm } from "./registry.j
 import { rsyncTo } from "./rsync.js";
 import { SshSession, waitForSsh } from "./ssh.js";
 import type { ExecOptions, ExecResult, Vm, VmOptions } from "./types.js";
-import { abortError, delay, TimeoutError } from "./wait.js";
+import { abortError, sleep } from "../util/sleep.js";
+import { TimeoutError } from "./wait.js";
 
 const AGENT_PORT = "org.qemu.guest_agent.0";
 /** sun_path is 108 bytes on Linux; keep a margin for the socket names. */
@@ -423,7 +424,7 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
         if (signal.aborted) throw e;
         // An attempt that fails at once (socket closed because QEMU died) must not spin in microtasks:
         // that would starve the event loop, so QEMU's exit event would never be seen. Yield a little.
-        if (Date.now() - started < 50) await delay(50, signal);
+        if (Date.now() - started < 50) await sleep(50, signal);
       }
     }
     vm.timings.agent = Date.now() - t0;
@@ -435,7 +436,7 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
         vm.ip = ip;
         break;
       }
-      await delay(100, signal);
+      await sleep(100, signal);
     }
     vm.timings.ip = Date.now() - t0;
 
@@ -443,7 +444,7 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
     await waitSshStage(vm, hostPort, deadline, signal, t0);
   } catch (e) {
     if (cause === "exit" || vm.exited) {
-      await delay(50); // let the stderr pipe drain
+      await sleep(50); // let the stderr pipe drain
       const err = vm.stderr().trim();
       throw new DbuildError(
         {

@@ -4,7 +4,8 @@
  */
 import { EventEmitter } from "node:events";
 import net from "node:net";
-import { abortError, delay, TimeoutError } from "./wait.js";
+import { abortError, sleep } from "../util/sleep.js";
+import { TimeoutError } from "./wait.js";
 
 export interface QmpEvent {
   event: string;
@@ -58,7 +59,7 @@ export async function connectUnix(socketPath: string, opts: { timeoutMs: number;
       const code = (e as NodeJS.ErrnoException).code;
       if (code !== "ENOENT" && code !== "ECONNREFUSED") throw e;
       if (Date.now() + wait > deadline) throw new TimeoutError(`${socketPath}: not accepting connections after ${opts.timeoutMs} ms`);
-      await delay(wait, opts.signal);
+      await sleep(wait, opts.signal);
       wait = Math.min(wait * 2, 100);
     }
   }

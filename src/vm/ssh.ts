@@ -7,7 +7,7 @@ import type { Client, ConnectConfig } from "ssh2";
 import { loadSsh2 } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
 import type { ExecOptions, ExecResult } from "./types.js";
-import { abortError, delay } from "./wait.js";
+import { abortError, sleep } from "../util/sleep.js";
 
 export interface SshTarget {
   host: string;
@@ -214,7 +214,7 @@ export async function waitForSsh(
     opts.onAttempt?.(attempt, lastErr);
     // Refused or dropped at once means nothing listens yet: pause a little rather than spin.
     const spent = Date.now() - t0;
-    if (spent < 200) await delay(200 - spent, opts.signal);
+    if (spent < 200) await sleep(200 - spent, opts.signal);
   }
   throw lastErr ?? new Error("ssh: deadline passed before the first attempt");
 }

@@ -1,31 +1,6 @@
-/** Small helpers for bounded, abortable waits shared by the VM runtime. */
+/** Bounded waits for the VM runtime (the sleep itself is src/util/sleep.ts). */
+import { abortError } from "../util/sleep.js";
 
-export function abortError(signal: AbortSignal | undefined): Error {
-  const r: unknown = signal?.reason;
-  if (r instanceof Error) return r;
-  const e = new Error(typeof r === "string" ? r : "The operation was aborted");
-  e.name = "AbortError";
-  return e;
-}
-
-/** Resolves after `ms`, rejects early if `signal` aborts. */
-export function delay(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) {
-      reject(abortError(signal));
-      return;
-    }
-    const onAbort = (): void => {
-      clearTimeout(t);
-      reject(abortError(signal));
-    };
-    const t = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
-}
 
 export class TimeoutError extends Error {
   constructor(message: string) {

@@ -15,7 +15,7 @@ import { promises as fs } from "node:fs";
 import { promisify } from "node:util";
 import type { QmpClient } from "./qmp.js";
 import type { Vm } from "./types.js";
-import { delay } from "./wait.js";
+import { sleep } from "../util/sleep.js";
 
 /** The drive id QEMU gives the first `-drive if=virtio`. */
 const DISK_ID = "virtio0";
@@ -31,7 +31,7 @@ async function waitMigration(qmp: QmpClient, what: string, signal?: AbortSignal)
     const r = await qmp.execute<MigrateInfo>("query-migrate", undefined, { signal });
     if (r.status === "completed") return;
     if (r.status === "failed" || r.status === "cancelled") throw new Error(`${what} ${r.status}${r["error-desc"] ? `: ${r["error-desc"]}` : ""}`);
-    await delay(25, signal);
+    await sleep(25, signal);
   }
 }
 

@@ -2,19 +2,12 @@
  * A temporary dbuild project on top of the real micro guest: `micro` is a base layer importing the
  * cached test image (built once by ensureMicroImage), and the test key is the project key.
  */
-import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { ensureMicroImage } from "./micro.js";
 import { repoRoot } from "./cli.js";
-
-export async function sha256File(file: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
-  return h.digest("hex");
-}
+import { sha256File } from "../../src/util/digest.js";
 
 export interface VmProject {
   root: string;

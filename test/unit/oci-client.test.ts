@@ -11,7 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { OciClient, type OciClientOptions } from "../../src/cache/oci.js";
-import { backoffMs, sleep, TransientError, withRetry } from "../../src/cache/retry.js";
+import { backoffMs, TransientError, withRetry } from "../../src/cache/retry.js";
+import { sleep } from "../../src/util/sleep.js";
 import { DbuildError } from "../../src/util/errors.js";
 
 const KiB = 1024;

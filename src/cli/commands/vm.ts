@@ -13,7 +13,7 @@ import { DbuildError } from "../../util/errors.js";
 import { createChild } from "../../vm/image.js";
 import { ensureProjectKey } from "../../vm/keys.js";
 import { startVm } from "../../vm/qemu.js";
-import { startImageVm } from "../../exec/warm-start.js";
+import { startThrowawayVm, type ThrowawayVm } from "../../exec/throwaway.js";
 import { Store } from "../../store/store.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { sshArgs } from "../../vm/rsync.js";
@@ -248,39 +248,34 @@ export function registerVmCommands(program: Command): void {
       const backing = await resolveStackImage(project, stack);
       const { key } = await ensureProjectKey(root);
       installVmCleanupHandlers();
-      // The snapshot lives in the VM's run dir, so every way the VM ends (shutdown, kill, Ctrl-C,
-      // crash of this process) removes it with the run dir.
-      const runDir = await fs.mkdtemp(path.join(os.tmpdir(), "dbuild-shell-"));
-      const disk = path.join(runDir, "snap.qcow2");
-      let vm: Awaited<ReturnType<typeof startVm>> | undefined;
+      let t: ThrowawayVm | undefined;
       const ac = new AbortController();
       const onSig = (): void => ac.abort(new Error("interrupted"));
       process.once("SIGINT", onSig);
       try {
         process.stderr.write(`starting ${path.basename(backing)} ...\n`);
-        const started = await startImageVm({
+        t = await startThrowawayVm({
           project,
           store: new Store(s.buildDir),
-          object: backing,
-          disk,
+          backing,
+          keyPath: key,
           ...(o.mem !== undefined ? { mem: o.mem } : {}),
           ...(o.cpus !== undefined ? { cpus: o.cpus } : {}),
-          vm: { keyPath: key, serialLog: path.join(runDir, "serial.log"), runDir },
+          diskName: "snap.qcow2",
+          tmpPrefix: "dbuild-shell-",
           signal: ac.signal,
           note: (m) => process.stderr.write(`warning: ${m}\n`),
         });
-        vm = started.vm;
-        if (started.resumed) process.stderr.write("resumed from the image's warm snapshot\n");
+        if (t.resumed) process.stderr.write("resumed from the image's warm snapshot\n");
         process.off("SIGINT", onSig);
-        process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath: key, port: vm.sshPort, user: "root", host: vm.sshHost, command: [], tty: true }));
+        process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath: key, port: t.vm.sshPort, user: "root", host: t.vm.sshHost, command: [], tty: true }));
       } catch (e) {
         if (!ac.signal.aborted) throw e;
         process.stderr.write("interrupted\n");
         process.exitCode = 130;
       } finally {
         process.off("SIGINT", onSig);
-        if (vm) await vm.kill();
-        await fs.rm(runDir, { recursive: true, force: true });
+        await t?.stop();
       }
     });
 }

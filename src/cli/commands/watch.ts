@@ -139,7 +139,7 @@ function writeRunState(e: Extract<WatchEvent, { type: "watch-shell" }>): void {
     sshHost: e.sshHost,
     sshPort: e.sshPort,
     keyPath: e.keyPath,
-    runDir: path.join(path.dirname(e.disk), "run"),
+    runDir: path.dirname(e.disk),
     startedAt: new Date(e.time).toISOString(),
   };
   writeFileSync(statePath(e.disk), JSON.stringify(st, null, 2) + "\n");
