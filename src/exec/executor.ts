@@ -18,7 +18,7 @@ import { errorMessage } from "../util/errors.js";
 import { NodeLog } from "./node-log.js";
 import { runnerFor } from "./runners/index.js";
 import type { RunContext } from "./runners/types.js";
-import { runGraph } from "./scheduler.js";
+import { runGraph, type SchedNode } from "./scheduler.js";
 import { StepError } from "./step-error.js";
 import { WarmStore } from "../store/warm.js";
 import type { WarmMode } from "./warm-start.js";
@@ -58,10 +58,12 @@ export async function build(project: Project, plan: Plan, store: Store, opts: Bu
   });
   await store.init();
   const s = project.settings;
-  const sched = stale.map((n) => ({
+  const sched: SchedNode[] = stale.map((n) => ({
     id: n.stack,
     parent: n.parent,
     mem: n.kind === "base" ? 0 : vmMem(project, n),
+    // The scheduler starts the longest remaining chain first, from these recorded durations.
+    ...(n.lastDuration !== undefined ? { seconds: n.lastDuration } : {}),
   }));
   const built: string[] = [];
   const result = await runGraph(

@@ -1,6 +1,12 @@
 /**
  * Runs a DAG of work bounded by a job count and a memory budget. Knows nothing of VMs: a node is an
- * id, a parent and the memory it will hold while running, and `run` does the work.
+ * id, a parent, the memory it will hold while running and how long it took last time, and `run` does
+ * the work.
+ *
+ * Critical path first: of the nodes ready to start, the one with the longest chain of work still below
+ * it (its own expected seconds plus its longest child chain) starts first, so the long branch of a tree
+ * is not left to run alone at the end. Equal chains: the bigger VM first, so that smaller ones fill the
+ * memory budget around it rather than the reverse.
  *
  * A node becomes ready when its parent has finished (or needs no work). On failure, by default no new
  * node starts and running ones finish; with keepGoing, everything not below a failure still runs.
@@ -12,6 +18,8 @@ export interface SchedNode {
   parent: string | null;
   /** MiB held while running (0 for host-only work). */
   mem: number;
+  /** Seconds the last build of this node took, when known (else the mean of the known ones is assumed). */
+  seconds?: number;
 }
 
 export interface SchedOptions {
@@ -19,6 +27,8 @@ export interface SchedOptions {
   memoryBudget: number;
   keepGoing: boolean;
   signal?: AbortSignal;
+  /** "critical-path" (default): longest remaining chain first. "given": the order of the node list (topological). */
+  order?: "critical-path" | "given";
 }
 
 export type NodeOutcome = "done" | "failed" | "skipped" | "aborted";
@@ -29,12 +39,35 @@ export interface SchedResult {
   skipReason: Map<string, string>;
 }
 
+/**
+ * The nodes, longest remaining chain first (ties: more memory first, then the given order). The chain of
+ * a node is its expected seconds plus the longest chain among its children.
+ */
+export function criticalPathOrder(nodes: readonly SchedNode[]): SchedNode[] {
+  const known = nodes.map((n) => n.seconds).filter((s): s is number => s !== undefined);
+  const guess = known.length ? known.reduce((a, b) => a + b, 0) / known.length : 1;
+  const children = new Map<string, SchedNode[]>();
+  for (const n of nodes) if (n.parent !== null) children.set(n.parent, [...(children.get(n.parent) ?? []), n]);
+  const chain = new Map<string, number>();
+  const chainOf = (n: SchedNode): number => {
+    let c = chain.get(n.id);
+    if (c === undefined) {
+      c = (n.seconds ?? guess) + Math.max(0, ...(children.get(n.id) ?? []).map(chainOf));
+      chain.set(n.id, c);
+    }
+    return c;
+  };
+  const index = new Map(nodes.map((n, i) => [n.id, i]));
+  return [...nodes].sort((a, b) => chainOf(b) - chainOf(a) || b.mem - a.mem || index.get(a.id)! - index.get(b.id)!);
+}
+
 export async function runGraph(
   nodes: readonly SchedNode[],
   opts: SchedOptions,
   run: (id: string, signal: AbortSignal) => Promise<void>,
 ): Promise<SchedResult> {
   const byId = new Map(nodes.map((n) => [n.id, n]));
+  const startOrder = (opts.order ?? "critical-path") === "critical-path" ? criticalPathOrder(nodes) : nodes;
   const outcome = new Map<string, NodeOutcome>();
   const skipReason = new Map<string, string>();
   const pending = new Set(nodes.map((n) => n.id));
@@ -82,9 +115,9 @@ export async function runGraph(
     if (stopNew) {
       for (const id of pending) if (!running.has(id)) settle(id, "skipped", "stopped after a failure (use --keep-going to build the rest)");
     }
-    // Start what fits, in the given (topological) order.
+    // Start what fits, most urgent first (a parent is never started after its child: it must be done first).
     if (!controller.signal.aborted && !stopNew) {
-      for (const n of nodes) {
+      for (const n of startOrder) {
         if (!pending.has(n.id) || running.has(n.id)) continue;
         if (running.size >= Math.max(1, opts.jobs)) break;
         if (parentState(n) !== "ready") continue;

@@ -91,3 +91,49 @@ describe("scheduler", () => {
     expect([...res.outcome.values()].every((o) => o === "aborted")).toBe(true);
   });
 });
+
+describe("critical-path order", () => {
+  // One long chain (l1 -> l2 -> l3) and three short leaves under one root: with -j 2, starting the chain
+  // first overlaps the leaves with it; the list order (leaves first) leaves the chain to run alone.
+  const wide: SchedNode[] = [
+    { id: "r", parent: null, mem: 0, seconds: 1 },
+    { id: "s1", parent: "r", mem: 256, seconds: 1 },
+    { id: "s2", parent: "r", mem: 256, seconds: 1 },
+    { id: "s3", parent: "r", mem: 256, seconds: 1 },
+    { id: "l1", parent: "r", mem: 256, seconds: 1 },
+    { id: "l2", parent: "l1", mem: 256, seconds: 1 },
+    { id: "l3", parent: "l2", mem: 256, seconds: 1 },
+  ];
+
+  it("ranks by the longest remaining chain, then by memory, then by the given order", async () => {
+    const { criticalPathOrder } = await import("../../src/exec/scheduler.js");
+    expect(criticalPathOrder(wide).map((n) => n.id)).toEqual(["r", "l1", "l2", "s1", "s2", "s3", "l3"]);
+    const ties: SchedNode[] = [
+      { id: "small", parent: null, mem: 256, seconds: 2 },
+      { id: "big", parent: null, mem: 2048, seconds: 2 },
+    ];
+    expect(criticalPathOrder(ties).map((n) => n.id)).toEqual(["big", "small"]);
+    // Unknown durations count as the mean of the known ones (here 3 s), so a chain of two unknowns wins.
+    const unknown: SchedNode[] = [
+      { id: "k", parent: null, mem: 0, seconds: 3 },
+      { id: "u1", parent: null, mem: 0 },
+      { id: "u2", parent: "u1", mem: 0 },
+    ];
+    expect(criticalPathOrder(unknown).map((n) => n.id)).toEqual(["u1", "k", "u2"]);
+  });
+
+  it("starts the long chain before the leaves; the given order starts the leaves first", async () => {
+    const started = async (order: "critical-path" | "given") => {
+      const r = rig(new Set(), 30);
+      await runGraph(wide, { jobs: 2, memoryBudget: 4096, keepGoing: false, order }, r.run);
+      return r.started;
+    };
+    const cp = await started("critical-path");
+    const given = await started("given");
+    expect(cp.slice(0, 3)).toEqual(["r", "l1", "s1"]);
+    // The chain never waits for a leaf: its next link starts as soon as its parent is done.
+    expect(cp.indexOf("l2")).toBeLessThan(cp.indexOf("s2"));
+    expect(given.slice(0, 3)).toEqual(["r", "s1", "s2"]);
+    expect(given.indexOf("l1")).toBe(4);
+  });
+});
