@@ -20,6 +20,7 @@ import type { Store } from "../store/store.js";
 import type { NodeRecord } from "../model/store.js";
 import { DbuildError } from "../util/errors.js";
 import { OciClient, type OciClientOptions } from "./oci.js";
+import { hasNode, pullDeliverable, pullNodeImage, pushNodeImage } from "./artifact.js";
 
 export type PullOutcome =
   | { status: "pulled"; record: NodeRecord; bytes: number }
@@ -74,7 +75,7 @@ export class RemoteCache {
     const work = [tmp];
     const transfer = { ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) };
     try {
-      const info = await this.client.pullNodeImage(node.key, tmp, transfer);
+      const info = await pullNodeImage(this.client, node.key, tmp, transfer);
       if (!info) return { status: "miss" };
       const wantParent = parent?.key ?? null;
       if (info.parentKey !== wantParent) {
@@ -103,7 +104,7 @@ export class RemoteCache {
         if (!info.deliverable) return { status: "mismatch", message: "the cached artifact has no deliverable" };
         delivTmp = { file: this.store.tmpPath(`${node.stack}.${info.deliverable.ext}`), ext: info.deliverable.ext };
         work.push(delivTmp.file);
-        await this.client.pullDeliverable(info, delivTmp.file, transfer);
+        await pullDeliverable(this.client, info, delivTmp.file, transfer);
       }
       // Everything arrived verified: publish. The image keeps the registry blob's digest as its identity
       // (see NodeRecord.digest), which is what children in the registry were pushed over.
@@ -145,8 +146,7 @@ export class RemoteCache {
     const digest = rec.pulled?.relinked ? undefined : await this.store.objectDigest(rec);
     // The deliverable is `<layer>/<stack>.<ext>`; the extension may have dots of its own (tar.gz).
     const ext = rec.deliverable ? path.basename(rec.deliverable.path).slice(rec.stack.length + 1) : "";
-    const r = await this.client.pushNodeImage(
-      {
+    const r = await pushNodeImage(this.client, {
         key: rec.key,
         stack: rec.stack,
         layer: rec.layer,
@@ -177,7 +177,7 @@ export async function remoteStatus(
   const queue = [...new Set(keys)];
   const worker = async (): Promise<void> => {
     for (let k = queue.shift(); k !== undefined; k = queue.shift()) {
-      out.set(k, await client.hasNode(k, opts.signal ? { signal: opts.signal } : {}));
+      out.set(k, await hasNode(client, k, opts.signal ? { signal: opts.signal } : {}));
     }
   };
   await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 8, Math.max(1, queue.length)) }, worker));

@@ -10,7 +10,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ANNOTATION, DBUILD_ARTIFACT_TYPE, OciClient } from "../../src/cache/oci.js";
+import { ANNOTATION, DBUILD_ARTIFACT_TYPE, hasNode, pullNodeImage, pushNodeImage } from "../../src/cache/artifact.js";
+import { OciClient } from "../../src/cache/oci.js";
 import { DbuildError } from "../../src/util/errors.js";
 import { startRegistry, type TestRegistry } from "../helpers/registry.js";
 
@@ -52,28 +53,28 @@ describe("OCI client against docker-registry", () => {
     const client = new OciClient(reg.url, { chunkSize: 8 * MiB });
     const k = key("web");
     const parent = key("base");
-    expect(await client.hasNode(k)).toBe(false);
-    const pushed = await client.pushNodeImage({ key: k, stack: "micro:web", layer: "web", parentKey: parent, file: image });
+    expect(await hasNode(client, k)).toBe(false);
+    const pushed = await pushNodeImage(client, { key: k, stack: "micro:web", layer: "web", parentKey: parent, file: image });
     expect(pushed).toMatchObject({ digest: imageDigest, size: 40 * MiB, uploaded: true, existed: false });
-    expect(await client.hasNode(k)).toBe(true);
+    expect(await hasNode(client, k)).toBe(true);
     // the same key again: already there, nothing sent
-    const again = await client.pushNodeImage({ key: k, stack: "micro:web", layer: "web", parentKey: parent, file: image });
+    const again = await pushNodeImage(client, { key: k, stack: "micro:web", layer: "web", parentKey: parent, file: image });
     expect(again).toMatchObject({ existed: true, uploaded: false, digest: imageDigest, manifestDigest: pushed.manifestDigest });
     // another key with the same bytes and a known digest: the blob is found, only the manifest is new
-    const twin = await client.pushNodeImage({ key: key("twin"), stack: "micro:twin", layer: "twin", parentKey: parent, file: image, digest: imageDigest });
+    const twin = await pushNodeImage(client, { key: key("twin"), stack: "micro:twin", layer: "twin", parentKey: parent, file: image, digest: imageDigest });
     expect(twin).toMatchObject({ existed: false, uploaded: false, digest: imageDigest });
 
     const dest = join(dir, "pulled.qcow2");
-    const pulled = await new OciClient(reg.url).pullNodeImage(k, dest);
+    const pulled = await pullNodeImage(new OciClient(reg.url), k, dest);
     expect(pulled).toMatchObject({ key: k, stack: "micro:web", layer: "web", parentKey: parent, digest: imageDigest, size: 40 * MiB });
     expect(await sha(dest)).toBe(imageDigest);
-    expect(await new OciClient(reg.url).pullNodeImage(key("nope"), join(dir, "none.qcow2"))).toBeUndefined();
+    expect(await pullNodeImage(new OciClient(reg.url), key("nope"), join(dir, "none.qcow2"))).toBeUndefined();
   });
 
   it("writes artifacts skopeo can read", async () => {
     const client = new OciClient(reg.url);
     const k = key("skopeo");
-    await client.pushNodeImage({ key: k, stack: "micro", layer: "micro", parentKey: null, file: image });
+    await pushNodeImage(client, { key: k, stack: "micro", layer: "micro", parentKey: null, file: image });
     const { stdout } = await run("skopeo", ["inspect", "--raw", "--tls-verify=false", `docker://127.0.0.1:${reg.port}/dbuild-test:${k}`]);
     const manifest = JSON.parse(stdout);
     expect(manifest.artifactType).toBe(DBUILD_ARTIFACT_TYPE);
@@ -89,7 +90,7 @@ describe("OCI client against docker-registry", () => {
   it("detects a corrupted blob on pull and leaves no file at the destination", async () => {
     const client = new OciClient(reg.url);
     const k = key("corrupt");
-    const pushed = await client.pushNodeImage({ key: k, stack: "micro:bad", layer: "bad", parentKey: key("base"), file: image });
+    const pushed = await pushNodeImage(client, { key: k, stack: "micro:bad", layer: "bad", parentKey: key("base"), file: image });
     await reg.corruptBlob(pushed.digest, 20 * MiB);
     const out = join(dir, "out");
     await rm(out, { recursive: true, force: true });
@@ -97,7 +98,7 @@ describe("OCI client against docker-registry", () => {
     const dest = join(out, "bad.qcow2");
     let err: unknown;
     try {
-      await client.pullNodeImage(k, dest);
+      await pullNodeImage(client, k, dest);
     } catch (e) {
       err = e;
     }
@@ -119,8 +120,7 @@ describe("OCI client against docker-registry", () => {
     let err: unknown;
     const t0 = Date.now();
     try {
-      await client.pushNodeImage(
-        { key: key("crash"), stack: "micro:crash", layer: "crash", parentKey: null, file: fresh },
+      await pushNodeImage(client, { key: key("crash"), stack: "micro:crash", layer: "crash", parentKey: null, file: fresh },
         {
           onProgress: (done) => {
             // after the first chunk is through, the registry host "dies"

@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { OciClient, type OciClientOptions } from "../../src/cache/oci.js";
+import { pullNodeImage, pushNodeImage } from "../../src/cache/artifact.js";
 import { backoffMs, TransientError, withRetry } from "../../src/cache/retry.js";
 import { sleep } from "../../src/util/sleep.js";
 import { DbuildError } from "../../src/util/errors.js";
@@ -439,22 +440,22 @@ describe("OciClient against a fake registry", () => {
     const parentKey = "c".repeat(64);
     const client = new OciClient(reg.url, fast);
     const parentDigest = sha(Buffer.from("parent image"));
-    await client.pushNodeImage({ key, stack: "micro:web", layer: "web", parentKey, parentDigest, file: path });
+    await pushNodeImage(client, { key, stack: "micro:web", layer: "web", parentKey, parentDigest, file: path });
     expect(reg.blobs.has("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")).toBe(true);
     const dest = join(dir, "node-pulled.qcow2");
-    const got = await client.pullNodeImage(key, dest);
+    const got = await pullNodeImage(client, key, dest);
     expect(got).toMatchObject({ key, stack: "micro:web", layer: "web", parentKey, parentDigest, digest: sha(data), size: data.length });
     expect(got!.annotations["org.opencontainers.image.title"]).toBe("micro-web.qcow2");
 
     // first writer wins: the key is there, so nothing is uploaded again
     reg.seen = [];
-    const again = await client.pushNodeImage({ key, stack: "micro:web", layer: "web", parentKey, parentDigest, file: path });
+    const again = await pushNodeImage(client, { key, stack: "micro:web", layer: "web", parentKey, parentDigest, file: path });
     expect(again).toMatchObject({ existed: true, uploaded: false, digest: sha(data) });
     expect(reg.seen.map((s) => s.method)).toEqual(["GET"]);
 
     const other = "d".repeat(64);
     reg.manifests.set(other, reg.manifests.get(key)!);
-    expect(problem(await caught(client.pullNodeImage(other, join(dir, "x.qcow2")))).reason).toBe("cache-artifact-invalid");
+    expect(problem(await caught(pullNodeImage(client, other, join(dir, "x.qcow2")))).reason).toBe("cache-artifact-invalid");
   });
 });
 
