@@ -6,19 +6,27 @@
  *   layer     the layer's name: renaming a layer makes a different stack (a different build/STACK.qcow2),
  *             so it counts even when the files are identical
  *   parent    the parent node's key ("" for a base): a change anywhere below propagates to every descendant
+ *   epoch     layer.yaml `epoch:` when set: bumping it gives every image of the layer (and, through
+ *             `parent`, of every layer above it) a new key, so neither the store nor a remote cache
+ *             can answer it with an old image
  *   file:P    sha256 of the contents, plus ":x" if any exec bit is set (the copy keeps exec bits)
- *   link:P    a symlink's target text
+ *   link:P    a symlink's target text (what it resolves to is keyed as file:P or below dir:P as well)
  *   dir:P     a directory (an added empty directory is copied into the guest too)
+ *   input:R   a file matched by layer.yaml `inputs:` globs, R relative to the project root: sha256 of
+ *             the contents (symlinks followed) plus ":x" if executable
  *   setting:K finalizing nodes only: the targets/ file's values over the MEM/CPUS/NAME defaults
  *   project:K demobuild.yaml values that change images (none today: jobs, timeouts, network and buildVm
  *             change how, not what; default MEM/CPUS reach finalizing nodes as setting:MEM/CPUS)
  *
+ * Every file dbuild runs on the host or copies into a VM is keyed by its content, symlinks followed.
  * Files that count, relative to the layer dir:
  *   intermediate/finalizing: `target/` as `rsync -rL` copies it (symlinks followed; each symlink also
- *     recorded as link:P so a retarget to identical content still counts), plus `install`, `layer.yaml`,
- *     `convert` if present (symlinks there are recorded by their target text only: the addlayer.sh
- *     symlink does not make every layer depend on the content of utils/).
- *   base: every file of the layer dir, symlinks by target text, never followed.
+ *     recorded as link:P so a retarget to identical content still counts), `layer.yaml` and `convert`
+ *     (the host script of a finalizing layer) followed the same way, and `install` by its symlink text
+ *     only: on these layers it is Demobuilder's addlayer.sh marker, which dbuild never runs.
+ *   base: every file of the layer dir, symlinks followed (the host `install` and whatever it reads
+ *     beside it), plus the files its `inputs:` globs match (any layer that runs a host script may
+ *     declare them; a match outside the project is an error).
  * Timestamps never count. targets/ values also reach intermediate installs as environment, but only
  * finalizing nodes are keyed by them: one intermediate node is shared by many targets.
  */
@@ -30,16 +38,23 @@ import type { Layer, LayerKind } from "../project/types.js";
 import { isEditorNoise } from "../util/editor-noise.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
-import { DIR, FILE, isDirRec, LINK, OTHER, RACY_MS, SMALL_FILE } from "./statcache.js";
+import fg from "fast-glob";
+import { DIR, FILE, isDirRec, LINK, OTHER, SMALL_FILE } from "./statcache.js";
 import type { DirEnt, DirRec, Ent, FileEnt, LayerRec, LinkEnt, StatCache } from "./statcache.js";
 import type { InputManifest, NodeKey } from "../model/plan.js";
 
-export const FORMAT_VERSION = "1";
+/** 2: symlinked host scripts keyed by content, inputs: globs, epoch: (images keyed by 1 are not reused). */
+export const FORMAT_VERSION = "2";
 /** Large files streamed at once on a cold cache: enough to keep libuv's threads and the disk busy. */
 const HASH_CONCURRENCY = 16;
 
 const EXEC = fsc.S_IXUSR | fsc.S_IXGRP | fsc.S_IXOTH;
-const EXTRAS = ["install", "layer.yaml", "convert"] as const;
+/** The top of a non-base layer besides target/; whether symlinks there are followed (see above). */
+const EXTRAS = [
+  ["install", false],
+  ["layer.yaml", true],
+  ["convert", true],
+] as const;
 
 interface PendingFile {
   w: Walk;
@@ -54,8 +69,6 @@ interface Walk {
   cache: StatCache;
   problems: Problem[];
   pending: PendingFile[];
-  /** Start of the walk: anything changed less than RACY_MS before it is not trusted next time. */
-  now: number;
   /** Every listing, file stat, symlink target and entry kind matched the previous walk. */
   hit: boolean;
 }
@@ -64,7 +77,11 @@ function errCode(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
 }
 
-const settled = (w: Walk, st: Stats): boolean => w.now - Math.max(st.mtimeMs, st.ctimeMs) >= RACY_MS;
+/**
+ * Can this stat be trusted on a later run, once the stamp written after this walk vouches for it? Only
+ * on the stamp's own file system: another one's clock and granularity cannot be compared with it.
+ */
+const onStampClock = (w: Walk, st: Stats): boolean => st.dev === w.cache.stamp.dev;
 
 function relWhere(w: Walk, abs: string): string {
   const rel = path.relative(w.layer.dir, abs);
@@ -79,7 +96,15 @@ function kindOf(st: Stats): Ent[1] {
 function fileEnt(w: Walk, abs: string, name: string, st: Stats, prev: Ent | undefined): FileEnt {
   w.cache.stats.files++;
   const exec = (st.mode & EXEC) !== 0 ? 1 : 0;
-  if (prev?.[1] === FILE && prev[2] === st.size && prev[3] === st.mtimeMs && prev[4] === st.ctimeMs && prev[5] === st.ino && typeof prev[6] === "string") {
+  if (
+    prev?.[1] === FILE &&
+    prev[2] === st.size &&
+    prev[3] === st.mtimeMs &&
+    prev[4] === st.ctimeMs &&
+    prev[5] === st.ino &&
+    typeof prev[6] === "string" &&
+    w.cache.trusts(prev[3], prev[4])
+  ) {
     // chmod moves ctime, so the exec bit matches too; checked anyway, a wrong layer digest costs a wrong image.
     // The previous entry is then this entry, word for word: reuse it rather than allocate one per file.
     if (prev[7] === exec && prev[0] === name) return prev;
@@ -87,7 +112,7 @@ function fileEnt(w: Walk, abs: string, name: string, st: Stats, prev: Ent | unde
     return [name, FILE, st.size, st.mtimeMs, st.ctimeMs, st.ino, prev[6], exec];
   }
   w.hit = false;
-  const ent: FileEnt = [name, FILE, settled(w, st) ? st.size : -1, st.mtimeMs, st.ctimeMs, st.ino, "", exec];
+  const ent: FileEnt = [name, FILE, onStampClock(w, st) ? st.size : -1, st.mtimeMs, st.ctimeMs, st.ino, "", exec];
   w.pending.push({ w, abs, ent, size: st.size });
   return ent;
 }
@@ -100,9 +125,9 @@ function fileEnt(w: Walk, abs: string, name: string, st: Stats, prev: Ent | unde
  */
 function walkDir(w: Walk, abs: string, st: Stats, prev: DirRec | undefined, follow: boolean, ancestors: Set<string>, real: string): DirRec {
   const ps = prev?.[0];
-  const trusted = ps !== undefined && ps !== 0 && ps[0] === st.mtimeMs && ps[1] === st.ctimeMs && ps[2] === st.ino;
+  const trusted = ps !== undefined && ps !== 0 && ps[0] === st.mtimeMs && ps[1] === st.ctimeMs && ps[2] === st.ino && w.cache.trusts(ps[0], ps[1]);
   const ents: Ent[] = [];
-  const rec: DirRec = [settled(w, st) ? [st.mtimeMs, st.ctimeMs, st.ino] : 0, ents];
+  const rec: DirRec = [onStampClock(w, st) ? [st.mtimeMs, st.ctimeMs, st.ino] : 0, ents];
   if (trusted) {
     for (const pe of prev![1]) visit(w, abs, pe[0], pe[1], pe, ents, follow, ancestors, real);
     return rec;
@@ -209,19 +234,24 @@ function visit(w: Walk, dir: string, name: string, kind: Ent[1], prev: Ent | und
   }
 }
 
-/** The synthetic top of a non-base layer: install, layer.yaml, convert (symlinks not followed), target/ (followed). */
+/** The synthetic top of a non-base layer: install (symlink text only), layer.yaml, convert, target/ (followed). */
 function walkTop(w: Walk, prev: DirRec | undefined): DirRec {
   const ents: Ent[] = [];
   const prevEnts = prev?.[1] ?? [];
   const prevOf = (name: string): Ent | undefined => prevEnts.find((e) => Array.isArray(e) && e[0] === name);
-  for (const extra of EXTRAS) {
+  for (const [extra, follow] of EXTRAS) {
     const a = `${w.layer.dir}/${extra}`;
     const st = lstatSync(a, { throwIfNoEntry: false });
     if (st === undefined) continue;
     const pe = prevOf(extra);
     if (st.isSymbolicLink()) {
+      if (follow) {
+        const real = realpathSync.native(w.layer.dir);
+        visit(w, w.layer.dir, extra, LINK, pe, ents, true, new Set([real]), real);
+        continue;
+      }
       const target = readlinkSync(a);
-      if (pe?.[1] !== LINK || pe[2] !== target) w.hit = false;
+      if (pe?.[1] !== LINK || pe[2] !== target || pe[3] !== undefined) w.hit = false;
       ents.push([extra, LINK, target]);
     } else if (st.isFile()) {
       ents.push(fileEnt(w, a, extra, st, pe));
@@ -238,8 +268,50 @@ function walkTop(w: Walk, prev: DirRec | undefined): DirRec {
   return [0, ents];
 }
 
+/**
+ * The files a layer's `inputs:` globs match (symlinks followed), each named by its path relative to the
+ * project root. A match whose real path is outside the project is a problem naming it: the project
+ * would not build the same anywhere else.
+ */
+function walkInputs(w: Walk, root: string, prev: FileEnt[] | undefined): FileEnt[] | undefined {
+  const patterns = w.layer.config.inputs;
+  if (!patterns?.length) {
+    if (prev?.length) w.hit = false;
+    return undefined;
+  }
+  const matches = fg.sync(patterns, { cwd: w.layer.dir, absolute: true, onlyFiles: true, dot: true, followSymbolicLinks: true, unique: true });
+  const realRoot = realpathSync.native(root);
+  const byName = new Map((prev ?? []).map((e) => [e[0], e]));
+  const out: FileEnt[] = [];
+  for (const abs of [...new Set(matches.map((m) => path.resolve(m)))].sort()) {
+    const rel = path.relative(root, abs);
+    let real: string;
+    try {
+      real = realpathSync.native(abs);
+    } catch (e) {
+      w.problems.push({ reason: "unreadable", where: rel, message: `input of layers/${w.layer.name} cannot be resolved: ${(e as Error).message}` });
+      continue;
+    }
+    const relReal = path.relative(realRoot, real);
+    if (rel.startsWith("..") || path.isAbsolute(rel) || relReal.startsWith("..") || path.isAbsolute(relReal)) {
+      w.problems.push({
+        reason: "input-outside-project",
+        where: `layers/${w.layer.name}/layer.yaml`,
+        message: `input ${abs}${real !== abs ? ` (-> ${real})` : ""} is outside the project ${root}`,
+        hint: "copy it into the project (e.g. utils/) and match it there: a build must not depend on files the project does not hold",
+      });
+      continue;
+    }
+    const st = statSync(abs, { throwIfNoEntry: false });
+    if (!st?.isFile()) continue;
+    out.push(fileEnt(w, abs, rel, st, byName.get(rel)));
+  }
+  if (out.length !== (prev?.length ?? 0)) w.hit = false;
+  return out;
+}
+
 /** The "file:", "link:", "dir:" entries of a walked layer. */
-export function manifestOf(kind: LayerKind, top: DirRec): InputManifest {
+export function manifestOf(kind: LayerKind, top: DirRec, inputs?: readonly FileEnt[]): InputManifest {
   const m: InputManifest = {};
   const add = (e: Ent, r: string): void => {
     switch (e[1]) {
@@ -269,19 +341,32 @@ export function manifestOf(kind: LayerKind, top: DirRec): InputManifest {
       else add(e, e[0]);
     }
   }
+  for (const e of inputs ?? []) m[`input:${e[0]}`] = e[7] ? `${e[6]}:x` : e[6];
   return m;
 }
 
-function walkLayer(layer: Layer, cache: StatCache, now: number): { w: Walk; prev: LayerRec | undefined; top: DirRec } {
-  const w: Walk = { layer, cache, problems: [], pending: [], now, hit: true };
+interface WalkResult {
+  w: Walk;
+  prev: LayerRec | undefined;
+  top: DirRec;
+  inputs: FileEnt[] | undefined;
+}
+
+function walkLayer(layer: Layer, cache: StatCache): WalkResult {
+  const w: Walk = { layer, cache, problems: [], pending: [], hit: true };
   const prev = cache.previous(layer.dir);
-  if (layer.kind !== "base") return { w, prev, top: walkTop(w, prev?.top) };
-  const st = statSync(layer.dir, { throwIfNoEntry: false });
-  if (!st?.isDirectory()) {
-    w.problems.push({ reason: "unreadable", where: `layers/${layer.name}`, message: "cannot read directory: it is gone" });
-    return { w, prev, top: [0, []] };
+  let top: DirRec;
+  if (layer.kind !== "base") top = walkTop(w, prev?.top);
+  else {
+    const st = statSync(layer.dir, { throwIfNoEntry: false });
+    if (!st?.isDirectory()) {
+      w.problems.push({ reason: "unreadable", where: `layers/${layer.name}`, message: "cannot read directory: it is gone" });
+      return { w, prev, top: [0, []], inputs: undefined };
+    }
+    const real = realpathSync.native(layer.dir);
+    top = walkDir(w, layer.dir, st, prev?.top, true, new Set([real]), real);
   }
-  return { w, prev, top: walkDir(w, layer.dir, st, prev?.top, false, new Set(), "") };
+  return { w, prev, top, inputs: walkInputs(w, cache.root, prev?.inputs) };
 }
 
 /** Files hashed synchronously between two yields to the event loop (so aborts and signals get through). */
@@ -302,6 +387,7 @@ class WalkedLayer implements LayerFiles {
   constructor(
     private readonly kind: LayerKind,
     private readonly top: DirRec,
+    private readonly inputs: FileEnt[] | undefined,
     readonly digest: string,
     manifest?: InputManifest,
   ) {
@@ -309,7 +395,7 @@ class WalkedLayer implements LayerFiles {
   }
 
   get manifest(): InputManifest {
-    return (this.m ??= manifestOf(this.kind, this.top));
+    return (this.m ??= manifestOf(this.kind, this.top, this.inputs));
   }
 }
 
@@ -322,8 +408,7 @@ export async function layerManifests(
   cache: StatCache,
   signal?: AbortSignal,
 ): Promise<Map<string, LayerFiles>> {
-  const now = Date.now();
-  const walks = [...layers].map((l) => walkLayer(l, cache, now));
+  const walks = [...layers].map((l) => walkLayer(l, cache));
   const problems = walks.flatMap(({ w }) => w.problems);
   if (problems.length) throw new DbuildError(problems);
   const small: PendingFile[] = [];
@@ -359,15 +444,15 @@ export async function layerManifests(
   await bigJobs;
   if (problems.length) throw new DbuildError(problems);
   const out = new Map<string, LayerFiles>();
-  for (const { w, prev, top } of walks) {
+  for (const { w, prev, top, inputs } of walks) {
     if (w.hit && prev !== undefined) {
-      out.set(w.layer.name, new WalkedLayer(w.layer.kind, top, prev.digest));
+      out.set(w.layer.name, new WalkedLayer(w.layer.kind, top, inputs, prev.digest));
       continue;
     }
-    const manifest = manifestOf(w.layer.kind, top);
+    const manifest = manifestOf(w.layer.kind, top, inputs);
     const digest = sha256(canonicalJson(manifest));
-    cache.update(w.layer.dir, { digest, top });
-    out.set(w.layer.name, new WalkedLayer(w.layer.kind, top, digest, manifest));
+    cache.update(w.layer.dir, inputs ? { digest, top, inputs } : { digest, top });
+    out.set(w.layer.name, new WalkedLayer(w.layer.kind, top, inputs, digest, manifest));
   }
   return out;
 }
@@ -390,6 +475,8 @@ const sha256 = (s: string): string => hash("sha256", s, "hex");
 export interface NodeInputArgs {
   kind: LayerKind;
   layer: string;
+  /** layer.yaml `epoch:`, when set. */
+  epoch?: string;
   parentKey: NodeKey | null;
   files: InputManifest;
   settings: Record<string, string>;
@@ -399,6 +486,7 @@ export interface NodeInputArgs {
 /** The manifest entries of a node other than its files. */
 export function nodeScalars(a: Omit<NodeInputArgs, "files">): InputManifest {
   const m: InputManifest = { format: FORMAT_VERSION, kind: a.kind, layer: a.layer, parent: a.parentKey ?? "" };
+  if (a.epoch !== undefined) m.epoch = a.epoch;
   for (const [k, v] of Object.entries(a.settings)) m[`setting:${k}`] = v;
   for (const [k, v] of Object.entries(a.project ?? {})) m[`project:${k}`] = v;
   return m;
@@ -416,11 +504,11 @@ export function canonicalJson(m: InputManifest): string {
   return JSON.stringify(o);
 }
 
-const isFileEntry = (k: string): boolean => k.startsWith("file:") || k.startsWith("link:") || k.startsWith("dir:");
+const isFileEntry = (k: string): boolean => k.startsWith("file:") || k.startsWith("link:") || k.startsWith("dir:") || k.startsWith("input:");
 
 /**
  * The node key: sha256 of one canonical JSON of the manifest, where the file entries ("file:",
- * "link:", "dir:") enter as the sha256 of their own canonical JSON under the name "files". Hundreds of
+ * "link:", "dir:", "input:") enter as the sha256 of their own canonical JSON under the name "files". Hundreds of
  * nodes share a layer, so its files are serialised once per layer, not once per node; the key still
  * depends on every file entry and on nothing else.
  */

@@ -106,7 +106,13 @@ export async function makePlan(
     const parentNode = parent === null ? undefined : nodes.get(parent);
     const settings = nodeSettings(project, stack, layer, targetByStack);
     const files = manifests.get(layer.name)!;
-    const scalars = nodeScalars({ kind: layer.kind, layer: layer.name, parentKey: parentNode?.key ?? null, settings });
+    const scalars = nodeScalars({
+      kind: layer.kind,
+      layer: layer.name,
+      parentKey: parentNode?.key ?? null,
+      settings,
+      ...(layer.config.epoch !== undefined ? { epoch: layer.config.epoch } : {}),
+    });
     const key = nodeKeyFrom(scalars, files.digest);
     // The flat manifest (hundreds of entries per node, shared by every node of a layer) is only needed
     // for diffs and records: build it on first use, not for each of thousands of fresh nodes.

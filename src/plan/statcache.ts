@@ -18,12 +18,18 @@
  *   built when someone asks for it.
  *
  * Racy entries: a file written in the same timestamp tick as our stat could change again without its
- * mtime/ctime moving. As git does with its index, an entry whose ctime/mtime is within RACY_MS of the
- * moment the walk started is not trusted on the next run (it is recorded as untrusted, so it is hashed,
- * or its directory listed, again).
+ * mtime/ctime moving. As git does with its index, the cache file itself is the stamp: it is written after
+ * the walk, so its mtime is a time on the file system's own clock, at the file system's own granularity
+ * (2 s on vfat), that is later than every stat the walk took. On the next run an entry is trusted only
+ * if its mtime and ctime are strictly older than that stamp; anything else is hashed (or listed) again.
+ * No wall clock is involved, so a coarse-timestamp file system cannot hide a same-size rewrite.
+ * Entries on another file system than the stamp's (a symlink into another mount) are never trusted:
+ * their clock cannot be compared with it. Records carried over from a run that did not walk their
+ * layer are "smudged" (dropped) when they hold entries racy against the old stamp, before a new stamp
+ * would make them look old (git smudges racily clean entries for the same reason).
  */
 import { isAscii } from "node:buffer";
-import { readFileSync, statSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readFileSync, statSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { FileDigest } from "../model/plan.js";
@@ -33,8 +39,7 @@ import { sha256File, sha256Hex } from "../util/digest.js";
  * Bump when the records' layout or the way fingerprint.ts turns a walk into a digest changes: a stored
  * layer digest is only reused by the code that made it.
  */
-const VERSION = 2;
-export const RACY_MS = 100;
+const VERSION = 3;
 /** Files up to this size are read in one call; larger ones are streamed. */
 export const SMALL_FILE = 1 << 20;
 
@@ -72,6 +77,16 @@ export interface LayerRec {
   digest: string;
   /** The walked tree; for non-base layers a synthetic top whose entries are install, layer.yaml, convert, target. */
   top: DirRec;
+  /** Files matched by the layer's `inputs:` globs, each named by its path relative to the project root. */
+  inputs?: FileEnt[];
+}
+
+/** The clock the racy check compares with: the previous cache file's mtime, on its file system. */
+export interface Stamp {
+  /** mtime of the cache file as last written (-Infinity when there is none: nothing is trusted). */
+  ms: number;
+  /** Device of the file system the stamp lives on. */
+  dev: number;
 }
 
 export interface HashStats {
@@ -100,13 +115,16 @@ export class StatCache {
     /** Keys are paths relative to this root (keeps the cache small and the project movable). */
     readonly root: string,
     layers: Map<string, LayerRec>,
+    /** The stamp of the records loaded; entries at or after it are not trusted. */
+    readonly stamp: Stamp,
   ) {
     this.layers = layers;
     this.rootSlash = root.endsWith("/") ? root : `${root}/`;
   }
 
+  /** A cache that is never saved: it has no stamp, so it trusts no stat (every plan hashes everything). */
   static inMemory(root: string): StatCache {
-    return new StatCache(undefined, root, new Map());
+    return new StatCache(undefined, root, new Map(), { ms: -Infinity, dev: -1 });
   }
 
   static cachePath(buildDir: string): string {
@@ -121,22 +139,41 @@ export class StatCache {
   static loadSync(buildDir: string, root: string): StatCache {
     const file = StatCache.cachePath(buildDir);
     const layers = new Map<string, LayerRec>();
+    const stamp: Stamp = { ms: -Infinity, dev: deviceOf(path.dirname(file)) };
     try {
       // Synchronous, and decoded as latin1 when it is pure ASCII (the usual case): a warm plan spends
       // longer reading this file than on any other single step but the stats.
-      const buf = readFileSync(file);
+      const fd = openSync(file, "r");
+      let buf: Buffer;
+      try {
+        const st = fstatSync(fd);
+        buf = readFileSync(fd);
+        stamp.ms = st.mtimeMs;
+        stamp.dev = st.dev;
+      } finally {
+        closeSync(fd);
+      }
       const data = JSON.parse(isAscii(buf) ? buf.toString("latin1") : buf.toString("utf8")) as { version?: number; root?: string; layers?: Record<string, unknown> };
       if (data.version === VERSION && data.root === root && data.layers) {
         for (const [k, v] of Object.entries(data.layers)) {
           // Only the outer shape is checked: a record is only ever compared against a fresh walk, and a
           // malformed one simply fails to match (see fingerprint.ts).
-          if (Array.isArray(v) && v.length === 2 && typeof v[0] === "string" && isDirRec(v[1])) layers.set(k, { digest: v[0], top: v[1] });
+          if (Array.isArray(v) && (v.length === 2 || v.length === 3) && typeof v[0] === "string" && isDirRec(v[1])) {
+            const rec: LayerRec = { digest: v[0], top: v[1] };
+            if (Array.isArray(v[2])) rec.inputs = v[2] as FileEnt[];
+            layers.set(k, rec);
+          }
         }
       }
     } catch {
       // absent or corrupt: start empty
     }
-    return new StatCache(file, root, layers);
+    return new StatCache(file, root, layers, stamp);
+  }
+
+  /** True when a recorded (mtime, ctime) on device `dev` is older than the stamp: its stat can be trusted. */
+  trusts(mtimeMs: number, ctimeMs: number): boolean {
+    return mtimeMs < this.stamp.ms && ctimeMs < this.stamp.ms;
   }
 
   private keyOf(absPath: string): string {
@@ -188,9 +225,11 @@ export class StatCache {
    */
   async save(): Promise<void> {
     if (!this.file) return;
-    for (const k of [...this.layers.keys()]) {
+    for (const [k, rec] of [...this.layers]) {
       if (this.seen.has(k)) continue;
-      if (!statSync(path.join(this.root, k), { throwIfNoEntry: false })?.isDirectory()) {
+      // Not walked now: its stats were trusted against the old stamp only. Drop it if anything in it is
+      // racy against that stamp, before the new cache file (a newer stamp) would make it look settled.
+      if (!statSync(path.join(this.root, k), { throwIfNoEntry: false })?.isDirectory() || hasRacy(rec, this.stamp.ms)) {
         this.layers.delete(k);
         this.dirty = true;
       }
@@ -198,8 +237,8 @@ export class StatCache {
     if (!this.dirty) return;
     await fs.mkdir(path.dirname(this.file), { recursive: true });
     const tmp = `${this.file}.${process.pid}.${Date.now()}.tmp`;
-    const layers: Record<string, [string, DirRec]> = {};
-    for (const [k, r] of this.layers) layers[k] = [r.digest, r.top];
+    const layers: Record<string, [string, DirRec] | [string, DirRec, FileEnt[]]> = {};
+    for (const [k, r] of this.layers) layers[k] = r.inputs ? [r.digest, r.top, r.inputs] : [r.digest, r.top];
     try {
       await fs.writeFile(tmp, JSON.stringify({ version: VERSION, root: this.root, layers }));
       await fs.rename(tmp, this.file);
@@ -213,4 +252,31 @@ export class StatCache {
 
 export function isDirRec(v: unknown): v is DirRec {
   return Array.isArray(v) && v.length === 2 && Array.isArray(v[1]);
+}
+
+/** Device of `dir` or of its nearest existing ancestor (where the cache file will be written). */
+function deviceOf(dir: string): number {
+  for (let d = dir; ; d = path.dirname(d)) {
+    const st = statSync(d, { throwIfNoEntry: false });
+    if (st) return st.dev;
+    if (path.dirname(d) === d) return -1;
+  }
+}
+
+/** Does a record hold a file or directory stat that the stamp `ms` does not vouch for? */
+function hasRacy(rec: LayerRec, ms: number): boolean {
+  const racyEnt = (e: Ent): boolean => {
+    switch (e[1]) {
+      case FILE:
+        return e[2] !== -1 && (e[3] >= ms || e[4] >= ms);
+      case DIR:
+        return racyDir(e[2]);
+      case LINK:
+        return e[3] !== undefined && racyEnt(e[3]);
+      case OTHER:
+        return false;
+    }
+  };
+  const racyDir = (d: DirRec): boolean => (d[0] !== 0 && (d[0][0] >= ms || d[0][1] >= ms)) || d[1].some(racyEnt);
+  return racyDir(rec.top) || (rec.inputs ?? []).some(racyEnt);
 }

@@ -32,7 +32,7 @@ export function diffInputs(before: InputManifest, after: InputManifest): InputCh
 /** Scalar inputs first (format, kind, layer, parent), then files, links, dirs, settings; by name. */
 function orderInputs(a: string, b: string): number {
   const rank = (s: string): number =>
-    s.includes(":") ? ["file", "link", "dir", "setting", "project"].indexOf(s.slice(0, s.indexOf(":"))) + 10 : ["format", "kind", "layer", "parent"].indexOf(s);
+    s.includes(":") ? ["file", "link", "dir", "input", "setting", "project"].indexOf(s.slice(0, s.indexOf(":"))) + 10 : ["format", "kind", "layer", "epoch", "parent"].indexOf(s);
   return rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0);
 }
 
@@ -74,6 +74,10 @@ export function describeChange(c: InputChange, ctx: ReasonContext = {}): string 
       }
       return `${name} changed`;
     }
+    case "input":
+      return c.change === "changed" ? `input ${name} changed` : `input ${name} ${c.change}`;
+    case "epoch":
+      return c.change === "changed" ? `epoch changed from ${c.old!} to ${c.new!}` : `epoch ${c.change}`;
     case "link":
       if (c.change === "changed") return `symlink ${name} now points to ${c.new!} (was ${c.old!})`;
       return `symlink ${name} ${c.change}`;

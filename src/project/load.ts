@@ -170,6 +170,30 @@ async function loadLayer(root: string, name: string, problems: Problem[]): Promi
   if (config.format && kind !== "finalizing") {
     problems.push({ reason: "layer-format-not-final", where: where("format"), message: `format: only finalizing layers produce a deliverable format, but this layer is ${kind}`, hint: "remove format: or set kind: finalizing" });
   }
+  if (config.inputs && kind === "intermediate") {
+    problems.push({
+      reason: "layer-inputs-not-host",
+      where: where("inputs"),
+      message: "inputs: names host files for scripts run on the host, but an intermediate layer runs only target/install, in the VM",
+      hint: "put the files under target/ (a symlink there is followed and keyed), or remove inputs:",
+    });
+  }
+  config.inputs?.forEach((g, i) => {
+    // The glob's fixed part must stay inside the project; matches are checked again when planning
+    // (a symlink could still lead out).
+    const fixed = g.split("/").filter((seg) => seg !== "" || g.startsWith("/"));
+    const stop = fixed.findIndex((seg) => /[*?[\]{}()!]/.test(seg));
+    const base = path.resolve(dir, (stop < 0 ? fixed : fixed.slice(0, stop)).join("/") || ".");
+    const relToRoot = path.relative(root, base);
+    if (path.isAbsolute(g) || relToRoot.startsWith("..") || path.isAbsolute(relToRoot)) {
+      problems.push({
+        reason: "input-outside-project",
+        where: locate?.(["inputs", i]) ?? `${rel}/${LAYER_FILE}`,
+        message: `input ${JSON.stringify(g)} is outside the project (${base})`,
+        hint: "copy the file into the project (e.g. utils/) and name it relative to the layer dir, e.g. ../../utils/*.sh",
+      });
+    }
+  });
   if (kind === "base" && !config.import && !installExec) {
     problems.push({
       reason: "base-without-install",

@@ -57,5 +57,8 @@ export const layerYaml = z.strictObject({
     .optional(),
   next: z.string().min(1).optional(),
   env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "expected an environment variable name"), envValue).optional(),
+  // A string or a number (epoch: 2): either way it enters the key as text.
+  epoch: z.union([z.string().min(1), z.number()]).transform((v) => String(v)).optional(),
+  inputs: z.array(z.string().min(1, "expected a glob such as ../../utils/*.sh")).optional(),
 });
 export type LayerYaml = z.infer<typeof layerYaml>;

@@ -48,6 +48,10 @@ export interface LayerConfig {
   next?: string;
   /** Extra environment for the layer's install. */
   env?: Record<string, string>;
+  /** Bumped by hand to give every image of the layer a new key (a forced rebuild everywhere). */
+  epoch?: string;
+  /** Base and finalizing layers: globs (relative to the layer dir) of extra host files their scripts read. */
+  inputs?: string[];
 }
 
 export interface Layer {

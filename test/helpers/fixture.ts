@@ -39,8 +39,8 @@ async function writeEntry(root: string, rel: string, e: Entry): Promise<void> {
   }
 }
 
-export async function writeFixture(desc: Description, prefix = "dbuild-fixture-"): Promise<Fixture> {
-  const root = await fs.realpath(await fs.mkdtemp(path.join(os.tmpdir(), prefix)));
+export async function writeFixture(desc: Description, prefix = "dbuild-fixture-", parent = os.tmpdir()): Promise<Fixture> {
+  const root = await fs.realpath(await fs.mkdtemp(path.join(parent, prefix)));
   for (const [rel, e] of Object.entries(desc)) await writeEntry(root, rel, e);
   return {
     root,

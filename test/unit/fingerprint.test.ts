@@ -219,13 +219,93 @@ describe("stat cache", () => {
 });
 
 describe("base layers", () => {
-  it("count every file of the layer dir, symlinks by their target text (not followed)", async () => {
-    const k = await setup({ "layers/micro/files/a": "a\n", "layers/micro/outside": { symlink: "../../shared/big" }, "shared/big": "1\n" });
+  it("count every file of the layer dir, symlinks followed and their target text too", async () => {
+    const k = await setup({ "layers/micro/files/a": "a\n", "layers/micro/outside": { symlink: "../../shared/big" }, "shared/big": "1\n", "shared/other": "2\n" });
     await fx.write("shared/big", "2\n");
-    expect(changed(k, await keys())).toEqual([]);
+    const k2 = await keys();
+    expect(changed(k, k2)).toEqual(ALL);
+    // Same content behind another link text: still a different key (as for target/).
     await fx.write("layers/micro/outside", { symlink: "../../shared/other" });
-    expect(changed(k, await keys())).toEqual(ALL);
+    expect(changed(k2, await keys())).toEqual(ALL);
+    const k3 = await keys();
     await fx.write("layers/micro/install", exe("#!/bin/sh\necho changed\n"));
+    expect(changed(k3, await keys())).toEqual(ALL);
+  });
+
+  it("key a host install that is a symlink to a shared script by the script's content", async () => {
+    const k = await setup({ "layers/micro/install": { symlink: "../../utils/mkbase.sh" }, "utils/mkbase.sh": exe("#!/bin/sh\necho one\n") });
+    await fx.write("utils/mkbase.sh", exe("#!/bin/sh\necho two\n"));
     expect(changed(k, await keys())).toEqual(ALL);
+  });
+
+  it("key the files their inputs: globs match, and nothing else of the folder", async () => {
+    const k = await setup({
+      "layers/micro/layer.yaml": 'kind: base\ninputs: ["../../utils/*.sh"]\n',
+      "utils/a.sh": exe("#!/bin/sh\n"),
+      "utils/notes.txt": "x\n",
+    });
+    await fx.write("utils/notes.txt", "y\n");
+    expect(changed(k, await keys())).toEqual([]);
+    await fx.write("utils/a.sh", exe("#!/bin/sh\necho a\n"));
+    const k2 = await keys();
+    expect(changed(k, k2)).toEqual(ALL);
+    const micro = (await plan()).nodes.find((n) => n.stack === "micro")!;
+    expect(Object.keys(micro.inputs).filter((i) => i.startsWith("input:")).sort()).toEqual(["input:utils/a.sh", "input:utils/addlayer.sh"]);
+    await fx.write("utils/b.sh", "#!/bin/sh\n");
+    expect(changed(k2, await keys())).toEqual(ALL);
+  });
+
+  it("refuse an input outside the project, naming it", async () => {
+    fx = await writeFixture(demoProject({ "layers/micro/layer.yaml": 'kind: base\ninputs: ["../../../elsewhere/*.sh"]\n' }));
+    const err = await plan().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DbuildError);
+    expect((err as DbuildError).problems[0]).toMatchObject({ reason: "input-outside-project", where: "layers/micro/layer.yaml:2:10" });
+    expect((err as DbuildError).problems[0]!.message).toContain("../../../elsewhere/*.sh");
+  });
+
+  it("refuse an input that a symlink leads out of the project, naming it", async () => {
+    const outside = await fs.mkdtemp(path.join((await import("node:os")).tmpdir(), "dbuild-outside-"));
+    try {
+      await fs.writeFile(path.join(outside, "secret.sh"), "#!/bin/sh\n");
+      fx = await writeFixture(demoProject({ "layers/micro/layer.yaml": 'kind: base\ninputs: ["../../utils/*.sh"]\n', "utils/ext.sh": { symlink: path.join(outside, "secret.sh") } }));
+      const err = await plan().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DbuildError);
+      const p = (err as DbuildError).problems[0]!;
+      expect(p).toMatchObject({ reason: "input-outside-project", where: "layers/micro/layer.yaml" });
+      expect(p.message).toContain(path.join(fx.root, "utils/ext.sh"));
+      expect(p.message).toContain(path.join(outside, "secret.sh"));
+    } finally {
+      await fs.rm(outside, { recursive: true, force: true });
+    }
+  });
+
+  it("refuse inputs: on an intermediate layer (its scripts run in the VM)", async () => {
+    fx = await writeFixture(demoProject({ "layers/web/layer.yaml": 'kind: intermediate\ninputs: ["../../utils/*.sh"]\n' }));
+    const err = await plan().catch((e: unknown) => e);
+    expect((err as DbuildError).problems[0]).toMatchObject({ reason: "layer-inputs-not-host", where: "layers/web/layer.yaml:2:9" });
+  });
+});
+
+describe("finalizing layers", () => {
+  it("key a convert script that is a symlink to a shared script by the script's content", async () => {
+    const k = await setup({ "layers/openstack/convert": { symlink: "../../utils/convert.sh" }, "utils/convert.sh": exe("#!/bin/sh\necho one\n") });
+    await fx.write("utils/convert.sh", exe("#!/bin/sh\necho two\n"));
+    expect(changed(k, await keys())).toEqual(["micro:db:openstack", "micro:web:openstack"]);
+  });
+
+  it("do not key the addlayer.sh marker's content (dbuild never runs it)", async () => {
+    const k = await setup();
+    await fx.write("utils/addlayer.sh", exe("#!/bin/sh\necho edited\n"));
+    expect(changed(k, await keys())).toEqual([]);
+  });
+});
+
+describe("epoch:", () => {
+  it("changes the key of the layer and of every node above it, and says so", async () => {
+    const k = await setup();
+    await fx.write("layers/web/layer.yaml", "kind: intermediate\nepoch: 2\n");
+    const p = await plan();
+    expect(changed(k, Object.fromEntries(p.nodes.map((n) => [n.stack, n.key])))).toEqual(WEB);
+    expect(p.nodes.find((n) => n.stack === "micro:web")!.inputs.epoch).toBe("2");
   });
 });

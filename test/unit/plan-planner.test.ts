@@ -10,6 +10,7 @@ import { planToJson, renderPlanDot, renderPlanText, renderWhy } from "../../src/
 import { runWhy } from "../../src/cli/commands/plan.js";
 import { planAndPrint } from "../../src/cli/shared.js";
 import { DbuildError } from "../../src/util/errors.js";
+import { FORMAT_VERSION } from "../../src/plan/fingerprint.js";
 import { FakeStore, demoProject, writeFixture } from "../helpers/fixture.js";
 import type { Fixture } from "../helpers/fixture.js";
 
@@ -206,7 +207,7 @@ describe("node inputs", () => {
     const plan = await replan();
     for (const n of plan.nodes) expect(nodeKey(n.inputs)).toBe(n.key);
     const web = plan.nodes.find((n) => n.stack === "micro:web")!;
-    expect(web.inputs).toMatchObject({ format: "1", kind: "intermediate", layer: "web", parent: plan.nodes[0]!.key, "link:install": "../../utils/addlayer.sh", "dir:target/etc": "dir" });
+    expect(web.inputs).toMatchObject({ format: FORMAT_VERSION, kind: "intermediate", layer: "web", parent: plan.nodes[0]!.key, "link:install": "../../utils/addlayer.sh", "dir:target/etc": "dir" });
     expect(web.inputs["file:target/install"]).toMatch(/^[0-9a-f]{64}:x$/);
     expect(web.inputs["file:target/etc/httpd.conf"]).toMatch(/^[0-9a-f]{64}$/);
     expect(JSON.parse(JSON.stringify(web)).inputs).toEqual(web.inputs);
