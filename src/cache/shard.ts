@@ -8,8 +8,8 @@ import { DbuildError } from "../util/errors.js";
 export interface ShapeNode {
   stack: string;
   parent: string | null;
-  status: "fresh" | "stale";
-  /** Stale nodes when a remote cache was asked. */
+  status: "fresh" | "cached" | "stale";
+  /** Nodes not fresh, when a remote cache was asked. */
   remote?: "hit" | "miss";
 }
 
@@ -33,8 +33,9 @@ export function workLeft(nodes: readonly ShapeNode[]): Set<string> {
   const work = new Set<string>();
   // Plan nodes are in topological order, so a parent's verdict is known before its children's.
   for (const n of nodes) {
-    if (n.status !== "stale") continue;
-    if (n.remote !== "hit" || (n.parent !== null && work.has(n.parent))) work.add(n.stack);
+    if (n.status === "fresh") continue;
+    // A cached node (re-linked or pulled) is work only below a node that is rebuilt.
+    if ((n.parent !== null && work.has(n.parent)) || (n.status === "stale" && n.remote !== "hit")) work.add(n.stack);
   }
   return work;
 }
@@ -112,7 +113,8 @@ export function parseShard(text: string): Shard {
  * already, otherwise it builds it too. Shards never leave a node without its parent.
  */
 export function shardSelect(nodes: readonly ShapeNode[], shard: Shard): Set<string> {
-  const stale = new Set(nodes.filter((n) => n.status === "stale").map((n) => n.stack));
+  // Cached nodes count as work here: each shard re-links or pulls the ones it needs.
+  const stale = new Set(nodes.filter((n) => n.status !== "fresh").map((n) => n.stack));
   const parentOf = new Map(nodes.map((n) => [n.stack, n.parent]));
   const kids = childrenIn(nodes, stale);
   const sizeCache = new Map<string, number>();

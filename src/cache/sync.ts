@@ -20,7 +20,7 @@ import type { Store } from "../store/store.js";
 import type { NodeRecord } from "../model/store.js";
 import { DbuildError } from "../util/errors.js";
 import { OciClient, type OciClientOptions } from "./oci.js";
-import { hasNode, pullDeliverable, pullNodeImage, pushNodeImage } from "./artifact.js";
+import { hasNode, pullDeliverable, pullNodeImage, pushNodeImage, readNodeManifest, type PulledNode } from "./artifact.js";
 
 export type PullOutcome =
   | { status: "pulled"; record: NodeRecord; bytes: number }
@@ -183,6 +183,27 @@ export async function remoteStatus(
   await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 8, Math.max(1, queue.length)) }, worker));
   // In the order asked, whatever order the answers came in.
   return new Map([...new Set(keys)].map((k) => [k, out.get(k) ?? false]));
+}
+
+/**
+ * What the registry holds for each of `keys`: the artifact's description (parent key and digest, sizes)
+ * or undefined. One manifest read per key, no blob is fetched.
+ */
+export async function remoteArtifacts(
+  client: OciClient,
+  keys: readonly NodeKey[],
+  opts: { signal?: AbortSignal; concurrency?: number } = {},
+): Promise<Map<NodeKey, PulledNode | undefined>> {
+  const out = new Map<NodeKey, PulledNode | undefined>();
+  const queue = [...new Set(keys)];
+  const worker = async (): Promise<void> => {
+    for (let k = queue.shift(); k !== undefined; k = queue.shift()) {
+      const found = await client.getManifest(k, opts.signal ? { signal: opts.signal } : {});
+      out.set(k, found ? readNodeManifest(client.ref.url, k, found.manifest) : undefined);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 8, Math.max(1, queue.length)) }, worker));
+  return out;
 }
 
 /** The cache URLs in effect: command-line flags win over demobuild.yaml's `cache: {from, to}`. */

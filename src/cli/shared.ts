@@ -8,8 +8,9 @@ import type { Command } from "commander";
 import lockfile from "proper-lockfile";
 import { OciClient } from "../cache/oci.js";
 import { buildMatrix } from "../cache/shard.js";
-import { remoteStatus } from "../cache/sync.js";
-import type { Plan } from "../model/plan.js";
+import { remoteArtifacts } from "../cache/sync.js";
+import type { PulledNode } from "../cache/artifact.js";
+import type { NodeKey, Plan, PlanNode } from "../model/plan.js";
 import type { StoreView } from "../model/store.js";
 import { makePlan } from "../plan/planner.js";
 import { loadProject } from "../project/load.js";
@@ -92,6 +93,8 @@ export interface PlanCliOptions {
   matrix?: boolean;
   /** Remote cache to ask (default: demobuild.yaml cache.from, else cache.to). */
   cache?: string;
+  /** `--force` (with build --dry-run): these stacks and their descendants are rebuilt whatever is cached. */
+  force?: string[];
   /** Where output goes (default stdout). */
   write?: (s: string) => void;
   color?: boolean;
@@ -117,9 +120,9 @@ export async function planAndPrint(root: string, stacks: "all" | string[], opts:
   checkFormats(opts);
   const write = opts.write ?? ((s: string) => void process.stdout.write(s));
   const project = await loadProject(root);
-  const plan = await makePlan(project, stacks.length ? stacks : "all", storeFor(store, project));
+  const plan = await makePlan(project, stacks.length ? stacks : "all", storeFor(store, project), opts.force ? { force: opts.force } : {});
   const cache = opts.cache ?? project.settings.cache.from ?? project.settings.cache.to;
-  if (cache) await markRemote(plan, cache);
+  if (cache) await markRemote(plan, cache, storeFor(store, project));
   if (opts.matrix) write(JSON.stringify(buildMatrix(plan.nodes)) + "\n");
   else if (opts.json) write(renderPlanJson(plan));
   else if (opts.dot) write(renderPlanDot(plan));
@@ -128,20 +131,53 @@ export async function planAndPrint(root: string, stacks: "all" | string[], opts:
 }
 
 /**
- * Sets `remote` on every stale node. A registry that cannot be asked is a warning, not an error: the plan
- * is still right, only less informed (every stale node then counts as work left).
+ * Asks the remote cache about every stale node that is not forced, parents first. A node whose artifact
+ * fits (a base, or built over exactly the parent image this build will have: the local one, or the one
+ * pulled just before it) becomes cached from the remote; the build will pull it, as the executor's pull
+ * makes the same checks. A registry that cannot be asked is a warning, not an error: the plan is still
+ * right, only less informed (every stale node then counts as work left).
  */
-async function markRemote(plan: Plan, url: string): Promise<void> {
-  const stale = plan.nodes.filter((n) => n.status === "stale");
-  if (!stale.length) return;
+export async function markRemote(plan: Plan, url: string, store: StoreView): Promise<void> {
+  const ask = plan.nodes.filter((n) => n.status === "stale" && !n.forced);
+  if (!ask.length) return;
   // Few retries: a plan is interactive, and an unreachable cache only makes it less informed.
   const client = new OciClient(url, { retry: { retries: 1 }, requestTimeoutMs: 10_000 });
+  let found: Map<NodeKey, PulledNode | undefined>;
   try {
-    const has = await remoteStatus(client, stale.map((n) => n.key), { signal: AbortSignal.timeout(60_000) });
-    for (const n of stale) n.remote = has.get(n.key) ? "hit" : "miss";
+    found = await remoteArtifacts(client, ask.map((n) => n.key), { signal: AbortSignal.timeout(60_000) });
   } catch (e) {
     if (e instanceof DbuildError && e.problems.some((p) => p.reason === "bad-cache-url")) throw e;
     const why = e instanceof DbuildError ? e.problems.map((p) => p.message).join("; ") : errorMessage(e);
     process.stderr.write(`warning: cannot ask the cache, every stale node counts as a miss: ${why}\n`);
+    return;
+  }
+  const byStack = new Map(plan.nodes.map((n) => [n.stack, n]));
+  /** Digest of the image each node will have after the build, where it is known before building. */
+  const willHave = new Map<string, string>();
+  const imageDigest = async (n: PlanNode): Promise<string | undefined> => {
+    const known = willHave.get(n.stack);
+    if (known !== undefined) return known;
+    if (n.status === "stale" || !store.objectDigest) return undefined;
+    const rec = await store.record(n.key);
+    return rec ? store.objectDigest(rec) : undefined;
+  };
+  for (const n of plan.nodes) {
+    if (n.status !== "stale" || n.forced) continue;
+    const info = found.get(n.key);
+    n.remote = info ? "hit" : "miss";
+    if (!info) continue;
+    const parent = n.parent === null ? undefined : byStack.get(n.parent);
+    const fits = parent === undefined ? info.parentKey === null : info.parentKey === parent.key && info.parentDigest !== null && info.parentDigest === (await imageDigest(parent));
+    if (!fits) {
+      n.reasons.push(parent?.status === "stale" ? `the cache's image fits only the old ${parent.stack}, which is rebuilt` : `the cache's image was built over another image of ${n.parent ?? "its parent"}`);
+      continue;
+    }
+    n.status = "cached";
+    n.source = "remote";
+    n.pullBytes = info.size + (info.deliverable?.size ?? 0);
+    n.steps = [`pull ${(n.pullBytes / 1048576).toFixed(1)} MiB from ${url}`, "check it fits the parent image", "publish (no VM)"];
+    delete n.lastDuration;
+    n.reasons.push(`the image for these inputs is in ${url}`);
+    willHave.set(n.stack, info.digest);
   }
 }

@@ -8,6 +8,7 @@
  */
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
+import { hasWork } from "../model/plan.js";
 import type { Plan, PlanNode } from "../model/plan.js";
 import type { Project } from "../project/types.js";
 import type { BuildEvent, Step } from "../report/events.js";
@@ -48,7 +49,7 @@ export interface BuildResult {
 export async function build(project: Project, plan: Plan, store: Store, opts: BuildOptions): Promise<BuildResult> {
   const start = Date.now();
   const byStack = new Map(plan.nodes.map((n) => [n.stack, n]));
-  const stale = plan.nodes.filter((n) => n.status === "stale");
+  const stale = plan.nodes.filter(hasWork);
   opts.emit({
     type: "build-start",
     time: start,
@@ -124,7 +125,8 @@ async function buildNode(
   const work: string[] = [];
   let keptDisk: string | undefined;
   try {
-    if (opts.tryPull) {
+    // --force: a VM runs, whatever the store or a remote cache holds for this key.
+    if (opts.tryPull && !node.forced) {
       setStep("pull");
       if (await opts.tryPull(node, signal)) {
         await log.close();
@@ -133,10 +135,11 @@ async function buildNode(
         return;
       }
     }
-    // Edit, build, revert: the image for these inputs is still in the store and the view merely shows
-    // another build. Point the view back instead of rebuilding. (A deleted view means "rebuild it".)
-    const stored = await store.record(node.key);
-    if (stored && (await store.viewExists(node.stack))) {
+    // Edit, build, revert (or a deleted view): the image for these inputs is still in the store. Point
+    // the view back instead of rebuilding; `--force` is the way to rebuild it. Only where the plan said
+    // so: under a parent that is rebuilt the stored child no longer fits.
+    const stored = node.status === "cached" && node.source === "store" ? await store.record(node.key) : undefined;
+    if (stored) {
       setStep("publish", "restored from the store");
       await store.commit(stored);
       await log.close();

@@ -17,7 +17,17 @@ export type FileDigest = string & { readonly __brand: "FileDigest" };
  */
 export type InputManifest = Record<string, string>;
 
-export type NodeStatus = "fresh" | "stale";
+/**
+ * fresh: build/STACK.qcow2 shows the image for these inputs. cached: an image for these inputs exists
+ * in the local store or the remote cache, so the build re-links or pulls it and boots no VM. stale: a VM
+ * (or the host install of a base) will run.
+ */
+export type NodeStatus = "fresh" | "cached" | "stale";
+/** Where a cached node's image comes from. */
+export type CacheSource = "store" | "remote";
+
+/** Nodes a build has work for: everything not fresh (cached ones are re-linked or pulled). */
+export const hasWork = (n: { status: NodeStatus }): boolean => n.status !== "fresh";
 
 export interface PlanNode {
   /** The stack prefix this node builds, e.g. `micro:web`. Unique id of the node. */
@@ -30,7 +40,13 @@ export interface PlanNode {
   key: NodeKey;
   inputs: InputManifest;
   status: NodeStatus;
-  /** Plain-words reasons when stale, e.g. "no image yet", "target/install changed". */
+  /** Cached nodes: the local store (re-link) or the remote cache (pull). */
+  source?: CacheSource;
+  /** `dbuild build --force`: rebuilt by a VM whatever the store or a cache holds (it or an ancestor was named). */
+  forced?: boolean;
+  /** Cached nodes from the remote cache: bytes to pull (image plus deliverable). */
+  pullBytes?: number;
+  /** Plain-words reasons when not fresh, e.g. "no image yet", "target/install changed". */
   reasons: string[];
   /** User-facing image path: build/STACK.qcow2 (for finalizing nodes too: their qcow2 before conversion). */
   image: string;
@@ -40,9 +56,9 @@ export interface PlanNode {
   targets: string[];
   /** What a build of this node would do, in plain words (for `plan`). */
   steps: string[];
-  /** Seconds the last build of this stack took, when the store knows (stale nodes only). */
+  /** Seconds the last build of this stack took, when the store knows (stale nodes only: a cached node's cost is its transfer). */
   lastDuration?: number;
-  /** Stale nodes, when a remote cache was asked: does it hold an image for this key? */
+  /** Nodes not fresh nor cached in the store, when a remote cache was asked: does it hold an image for this key? */
   remote?: "hit" | "miss";
 }
 

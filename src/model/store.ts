@@ -39,4 +39,9 @@ export interface StoreView {
   viewShows(stack: string, key: NodeKey): Promise<boolean>;
   /** Last build duration in seconds for the stack, if known (for estimates). */
   lastDuration(stack: string): Promise<number | undefined>;
+  /**
+   * sha256 of a stored image as published (what a remote artifact's parent digest must equal for it to
+   * fit over this image). Absent in views that cannot read images: then no remote hit counts as cached.
+   */
+  objectDigest?(rec: NodeRecord): Promise<string>;
 }

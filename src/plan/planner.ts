@@ -12,13 +12,15 @@ import type { Problem } from "../util/errors.js";
 import { layerManifests, nodeKeyFrom, nodeScalars } from "./fingerprint.js";
 import { buildGraph, topoOrder } from "./graph.js";
 import { StatCache } from "./statcache.js";
-import type { InputManifest, Plan, PlanNode } from "../model/plan.js";
+import type { InputManifest, NodeStatus, Plan, PlanNode } from "../model/plan.js";
 import { describeChanges, diffInputs } from "./why.js";
 
 export interface PlanOptions {
   signal?: AbortSignal;
   /** Use this cache instead of loading `<buildDir>/.dbuild/statcache.json` (tests, watch mode). */
   statCache?: StatCache;
+  /** `--force`: these stacks and every node below them are stale whatever the store holds. */
+  force?: readonly string[];
 }
 
 /** Resolve "all" and validate every requested stack; throws one DbuildError listing every bad one. */
@@ -98,6 +100,7 @@ export async function makePlan(
     }
   }
   const targetByStack = new Map<string, Target>(project.targets.map((t) => [t.stack, t]));
+  const forced = new Set(opts.force ?? []);
 
   const nodes = new Map<string, PlanNode>();
   for (const stack of order) {
@@ -119,12 +122,21 @@ export async function makePlan(
     let flat: InputManifest | undefined;
     const inputs = (): InputManifest => (flat ??= { ...scalars, ...files.manifest });
     const image = userPath(project.root, store.viewPath(stack));
-    const fresh = await store.viewShows(stack, key);
+    const force = forced.has(stack) || parentNode?.forced === true;
+    const fresh = !force && (await store.viewShows(stack, key));
     const reasons: string[] = [];
-    if (!fresh) {
+    let status: NodeStatus = fresh ? "fresh" : "stale";
+    if (force) {
+      reasons.push(forced.has(stack) ? "forced (--force)" : `forced (--force ${[...forced].find((f) => stack.startsWith(`${f}:`)) ?? "an ancestor"})`);
+    } else if (!fresh) {
       const current = await store.currentRecord(stack);
-      if (await store.record(key)) {
-        reasons.push(existsSync(store.viewPath(stack)) ? `${image} shows another build (the image for these inputs is in the store)` : `${image} was deleted`);
+      // A stored image is only usable over the parent image it was built on: a stale parent is rebuilt
+      // (new bytes), so the child is rebuilt too.
+      if (parentNode?.status !== "stale" && (await store.record(key))) {
+        status = "cached";
+        reasons.push(
+          existsSync(store.viewPath(stack)) ? `${image} shows another build; the image for these inputs is in the store` : `${image} was deleted; the image for these inputs is in the store`,
+        );
       } else if (!current) {
         reasons.push("no image yet");
       } else {
@@ -145,12 +157,14 @@ export async function makePlan(
       parent,
       key,
       inputs: {},
-      status: fresh ? "fresh" : "stale",
+      status,
+      ...(status === "cached" ? { source: "store" as const } : {}),
+      ...(force ? { forced: true } : {}),
       reasons,
       image,
       settings,
       targets: targetsOf.get(stack) ?? [],
-      steps: buildSteps(layer, parent),
+      steps: status === "cached" ? [`re-link ${image} to the stored image (no VM)`] : buildSteps(layer, parent),
     };
     Object.defineProperty(node, "inputs", {
       get: inputs,
@@ -160,7 +174,7 @@ export async function makePlan(
       enumerable: true,
       configurable: true,
     });
-    if (!fresh) {
+    if (status === "stale") {
       const d = await store.lastDuration(stack);
       if (d !== undefined) node.lastDuration = d;
     }

@@ -10,8 +10,22 @@ export interface TextOptions {
   color?: boolean;
 }
 
-function colors(on: boolean): Pick<typeof pc, "green" | "yellow" | "dim" | "bold"> {
-  return on ? pc : { green: String, yellow: String, dim: String, bold: String };
+function colors(on: boolean): Pick<typeof pc, "green" | "yellow" | "cyan" | "dim" | "bold"> {
+  return on ? pc : { green: String, yellow: String, cyan: String, dim: String, bold: String };
+}
+
+/** "fresh", "cached (store)", "cached (remote)", "stale": the words the text plan and `why` use. */
+export function statusWords(n: Pick<PlanNode, "status" | "source">): string {
+  return n.status === "cached" ? `cached (${n.source ?? "store"})` : n.status;
+}
+
+const mib = (bytes: number): string => `${(bytes / 1048576).toFixed(1)} MiB`;
+
+/** What a node not fresh is expected to cost: the last build for a stale node, the transfer for a cached one. */
+export function estimateWords(n: PlanNode): string | undefined {
+  if (n.status === "cached") return n.source === "remote" ? `transfer of ${mib(n.pullBytes ?? 0)} (no VM)` : "~0s (re-link, no VM)";
+  if (n.status === "stale" && n.lastDuration !== undefined) return `~${formatDuration(n.lastDuration)} (last build)`;
+  return undefined;
 }
 
 export function formatDuration(seconds: number): string {
@@ -36,33 +50,46 @@ export function renderPlanText(plan: Plan, opts: TextOptions = {}): string {
   const lines: string[] = [];
   const visit = (n: PlanNode, prefix: string, last: boolean, root: boolean): void => {
     const branch = root ? "" : last ? "└─ " : "├─ ";
-    const mark = n.status === "fresh" ? c.green("✓") : c.yellow("●");
+    const paint = n.status === "fresh" ? c.green : n.status === "cached" ? c.cyan : c.yellow;
+    const mark = paint(n.status === "fresh" ? "✓" : n.status === "cached" ? "◆" : "●");
     const tag = targets.has(n.stack) ? c.dim(" (target)") : "";
-    const status = n.status === "fresh" ? c.green("fresh") : c.yellow("stale");
+    const status = paint(statusWords(n));
     lines.push(`${prefix}${branch}${mark} ${c.bold(n.stack)}${tag}  ${status}  ${c.dim(n.image)}`);
     const inner = root ? prefix : prefix + (last ? "   " : "│  ");
     const children = kids.get(n.stack) ?? [];
     const body = inner + (children.length ? "│    " : "     ");
-    if (n.status === "stale") {
+    if (n.status !== "fresh") {
       for (const r of n.reasons) lines.push(`${body}${c.dim("why:")} ${r}`);
-      if (n.remote === "hit") lines.push(`${body}${c.dim("cache:")} hit (pulled instead of built, if its parent image matches)`);
-      else if (n.remote === "miss") lines.push(`${body}${c.dim("cache:")} miss`);
+      if (n.status === "stale" && n.remote === "miss") lines.push(`${body}${c.dim("cache:")} miss`);
       lines.push(`${body}${c.dim("run:")} ${n.steps.join(" → ")}`);
-      if (n.lastDuration !== undefined) lines.push(`${body}${c.dim("est:")} ~${formatDuration(n.lastDuration)} (last build)`);
+      const est = estimateWords(n);
+      if (est !== undefined) lines.push(`${body}${c.dim("est:")} ${est}`);
     }
     children.forEach((k, i) => visit(k, inner, i === children.length - 1, false));
   };
   for (const root of kids.get(null) ?? []) visit(root, "", true, true);
   const stale = plan.nodes.filter((n) => n.status === "stale");
+  const cached = plan.nodes.filter((n) => n.status === "cached");
   if (!plan.nodes.length) lines.push("nothing to plan: no targets (add files to targets/ or name a stack)");
-  else if (!stale.length) lines.push(c.green(`all ${plan.nodes.length} images are fresh: nothing to build`));
+  else if (!stale.length && !cached.length) lines.push(c.green(`all ${plan.nodes.length} images are fresh: nothing to build`));
   else {
-    const known = stale.filter((n) => n.lastDuration !== undefined);
-    const total = known.reduce((s, n) => s + (n.lastDuration ?? 0), 0);
-    const est = known.length
-      ? `; estimated ${formatDuration(total)} of build time${known.length < stale.length ? ` for ${known.length} of them (the others were never built)` : ""}, before parallelism`
-      : "";
-    lines.push(`${stale.length} of ${plan.nodes.length} images stale${est}`);
+    const parts: string[] = [];
+    if (stale.length) {
+      const known = stale.filter((n) => n.lastDuration !== undefined);
+      const total = known.reduce((s, n) => s + (n.lastDuration ?? 0), 0);
+      const est = known.length
+        ? `; estimated ${formatDuration(total)} of build time${known.length < stale.length ? ` for ${known.length} of them (the others were never built)` : ""}, before parallelism`
+        : "";
+      parts.push(`${stale.length} of ${plan.nodes.length} images stale${est}`);
+    }
+    if (cached.length) {
+      const fromStore = cached.filter((n) => n.source !== "remote").length;
+      const pulled = cached.filter((n) => n.source === "remote");
+      const bytes = pulled.reduce((s, n) => s + (n.pullBytes ?? 0), 0);
+      const how = [fromStore ? `${fromStore} re-linked from the store` : "", pulled.length ? `${pulled.length} pulled (${mib(bytes)})` : ""].filter(Boolean).join(", ");
+      parts.push(`${cached.length}${stale.length ? "" : ` of ${plan.nodes.length}`} images cached: ${how}, no VM`);
+    }
+    lines.push(parts.join("; "));
   }
   return lines.join("\n") + "\n";
 }
@@ -77,6 +104,9 @@ export function planToJson(plan: Plan): object {
       parent: n.parent,
       key: n.key,
       status: n.status,
+      ...(n.source !== undefined ? { source: n.source } : {}),
+      ...(n.forced ? { forced: true } : {}),
+      ...(n.pullBytes !== undefined ? { pullBytes: n.pullBytes } : {}),
       reasons: n.reasons,
       image: n.image,
       targets: n.targets,
@@ -104,8 +134,9 @@ export function renderPlanDot(plan: Plan): string {
     '  node [shape=box, style="rounded,filled", fontname="Helvetica", fillcolor="#d9f2d9"];',
   ];
   for (const n of plan.nodes) {
-    const attrs = [`label=${dotId(`${n.layer}\n${n.kind} · ${n.status}`)}`, `tooltip=${dotId(n.stack)}`];
+    const attrs = [`label=${dotId(`${n.layer}\n${n.kind} · ${statusWords(n)}`)}`, `tooltip=${dotId(n.stack)}`];
     if (n.status === "stale") attrs.push('fillcolor="#ffe0a3"', 'style="rounded,filled,bold"', 'color="#b36b00"');
+    else if (n.status === "cached") attrs.push('fillcolor="#d6e9f8"', 'color="#2f6f9f"');
     if (targets.has(n.stack)) attrs.push("peripheries=2");
     out.push(`  ${dotId(n.stack)} [${attrs.join(", ")}];`);
   }
@@ -117,8 +148,16 @@ export function renderPlanDot(plan: Plan): string {
 /** `dbuild why`: the inputs that differ from what the current image was built from. */
 export function renderWhy(node: PlanNode, changes: readonly InputChange[], hasRecord: boolean, opts: TextOptions = {}): string {
   const c = colors(opts.color ?? false);
-  const head = `${c.bold(node.stack)}  ${node.status === "fresh" ? c.green("fresh") : c.yellow("stale")}  key ${node.key.slice(0, 12)}`;
+  const paint = node.status === "fresh" ? c.green : node.status === "cached" ? c.cyan : c.yellow;
+  const head = `${c.bold(node.stack)}  ${paint(statusWords(node))}  key ${node.key.slice(0, 12)}`;
   const lines = [head];
+  if (node.status === "cached") {
+    lines.push(
+      node.source === "remote"
+        ? `the image for these inputs is in the remote cache: the build pulls it (${estimateWords(node) ?? ""}), no VM runs`
+        : `the image for these inputs is in the store: the build re-links ${node.image} to it, no VM runs`,
+    );
+  } else if (node.forced) lines.push(`${node.reasons[0] ?? "forced"}: a VM rebuilds it whatever the store or a cache holds`);
   if (!hasRecord) {
     lines.push(`${node.image} was never built by dbuild (or was deleted): every input is new`);
     if (node.reasons.length) lines.push(...node.reasons.map((r) => `  ${r}`));

@@ -7,6 +7,7 @@
 import * as path from "node:path";
 import { build, type BuildResult } from "../exec/executor.js";
 import { makePlan, resolveStacks } from "../plan/planner.js";
+import { hasWork } from "../model/plan.js";
 import type { NodeKey, Plan, PlanNode } from "../model/plan.js";
 import { loadProject } from "../project/load.js";
 import type { Project } from "../project/types.js";
@@ -172,7 +173,7 @@ export class WatchSession {
       o.emit({ type: "watch-unchanged", time: Date.now(), cycle: run.cycle, changed: paths, stacks });
       return;
     }
-    const stale = plan.nodes.filter((n) => n.status === "stale");
+    const stale = plan.nodes.filter(hasWork);
     o.emit({ type: "watch-cycle", time: Date.now(), cycle: run.cycle, changed: paths, stacks, rebuilding: stale.map((n) => n.stack) });
     let res: BuildResult | undefined;
     if (stale.length) {

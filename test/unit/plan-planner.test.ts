@@ -31,7 +31,7 @@ async function replan(stacks: "all" | string[] = "all"): Promise<Plan> {
   project = await loadProject(fx.root);
   return makePlan(project, stacks, store);
 }
-const reasons = (p: Plan): Record<string, string[]> => Object.fromEntries(p.nodes.filter((n) => n.status === "stale").map((n) => [n.stack, n.reasons]));
+const reasons = (p: Plan): Record<string, string[]> => Object.fromEntries(p.nodes.filter((n) => n.status !== "fresh").map((n) => [n.stack, n.reasons]));
 
 describe("makePlan", () => {
   it("builds one node per stack prefix, shared prefixes once, parents first; JSON has the documented shape", async () => {
@@ -106,7 +106,42 @@ describe("makePlan", () => {
     const p = await replan();
     store.publishAll(p);
     store.deleteView("micro:web");
-    expect(reasons(await replan())).toEqual({ "micro:web": ["build/micro:web.qcow2 was deleted"] });
+    const again = await replan();
+    expect(reasons(again)).toEqual({ "micro:web": ["build/micro:web.qcow2 was deleted; the image for these inputs is in the store"] });
+    const web = again.nodes.find((n) => n.stack === "micro:web")!;
+    expect([web.status, web.source, web.steps]).toEqual(["cached", "store", ["re-link build/micro:web.qcow2 to the stored image (no VM)"]]);
+    expect(planToJson(again)).toMatchObject({ nodes: expect.arrayContaining([expect.objectContaining({ stack: "micro:web", status: "cached", source: "store" })]) as unknown });
+    const text = renderPlanText(again);
+    expect(text).toContain("micro:web  cached (store)");
+    expect(text).toContain("est: ~0s (re-link, no VM)");
+    expect(text).toContain("1 of 6 images cached: 1 re-linked from the store, no VM");
+    expect(text).not.toContain("last build");
+  });
+
+  it("an edit built then reverted is cached from the store, not stale; a child under a rebuilt parent is stale", async () => {
+    store.publishAll(await replan());
+    await fx.write("layers/web/target/etc/httpd.conf", "Listen 81\n");
+    store.publishAll(await replan());
+    await fx.write("layers/web/target/etc/httpd.conf", "Listen 80\n");
+    const reverted = await replan();
+    const st = Object.fromEntries(reverted.nodes.map((n) => [n.stack, n.status]));
+    expect(st).toEqual({ micro: "fresh", "micro:db": "fresh", "micro:db:openstack": "fresh", "micro:web": "cached", "micro:web:openstack": "cached", "micro:web:vagrant": "cached" });
+    await fx.write("layers/micro/README", "v2\n");
+    const edited = await replan();
+    expect(edited.nodes.every((n) => n.status === "stale")).toBe(true);
+  });
+
+  it("--force makes the named node and its descendants stale whatever the store holds, and says so", async () => {
+    store.publishAll(await replan());
+    const project = await loadProject(fx.root);
+    const p = await makePlan(project, "all", store, { force: ["micro:web"] });
+    const forced = p.nodes.filter((n) => n.forced).map((n) => [n.stack, n.status, n.reasons[0]]);
+    expect(forced).toEqual([
+      ["micro:web", "stale", "forced (--force)"],
+      ["micro:web:openstack", "stale", "forced (--force micro:web)"],
+      ["micro:web:vagrant", "stale", "forced (--force micro:web)"],
+    ]);
+    expect(p.nodes.filter((n) => !n.forced).every((n) => n.status === "fresh")).toBe(true);
   });
 
   it("says when the parent was rebuilt since (parent fresh, child built on an older parent)", async () => {

@@ -12,6 +12,7 @@ import { MultiReporter } from "../../report/events.js";
 import { JunitReporter } from "../../report/junit.js";
 import { Store } from "../../store/store.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
+import { DbuildError } from "../../util/errors.js";
 import { parseShard, shardSelect } from "../../cache/shard.js";
 import { interruptController, lockBuildDir, makeReporter, parseJobs, projectRoot, runPlan } from "../shared.js";
 
@@ -28,6 +29,7 @@ export interface BuildCliOptions {
   cacheTo?: string;
   shard?: string;
   cold?: boolean;
+  force?: boolean;
 }
 
 export function addBuildOptions(cmd: Command): Command {
@@ -43,7 +45,8 @@ export function addBuildOptions(cmd: Command): Command {
     .option("--cache-from <url>", "pull stale nodes from this OCI cache (oci://HOST[:PORT]/REPO) instead of building them")
     .option("--cache-to <url>", "push every node built to this OCI cache (a failed push is a warning)")
     .option("--shard <i/n>", "build only share I of N of the stale nodes (CI; use with a shared cache)")
-    .option("--cold", "boot every build VM instead of resuming a warm snapshot of its parent (discards those snapshots)");
+    .option("--cold", "boot every build VM instead of resuming a warm snapshot of its parent (discards those snapshots)")
+    .option("--force", "rebuild the named stacks and every stack below them in VMs, whatever the store or --cache-from holds");
 }
 
 export interface RunBuildExtras {
@@ -51,11 +54,38 @@ export interface RunBuildExtras {
   hooks?: Pick<BuildOptions, "tryPull" | "afterPublish">;
 }
 
+/**
+ * `--force STACK...`: what to plan and what to force. The named stacks are forced (and, through the
+ * planner, every node below them); every target below a named stack is planned too, so its descendants
+ * are rebuilt, not left pointing at images over the old bytes.
+ */
+export function forcedStacks(project: Project, stacks: "all" | string[]): { plan: "all" | string[]; force: string[] } {
+  if (stacks === "all" || stacks.includes("all")) return { plan: "all", force: project.targets.map((t) => t.stack) };
+  const below = project.targets.map((t) => t.stack).filter((t) => stacks.some((s) => t === s || t.startsWith(`${s}:`)));
+  return { plan: [...new Set([...stacks, ...below])], force: stacks };
+}
+
 export async function runBuild(root: string, stacks: "all" | string[], o: BuildCliOptions, extras: RunBuildExtras = {}): Promise<number> {
+  if (o.force && stacks === "all") {
+    throw new DbuildError({
+      reason: "bad-option",
+      where: "--force",
+      message: "--force needs the stacks to rebuild",
+      hint: "name them, e.g. dbuild build --force micro:web (its descendants are rebuilt too), or `dbuild build --force all`",
+    });
+  }
   if (o.dryRun) {
-    return runPlan(root, stacks, { json: o.json ?? false, dot: o.dot ?? false, ...(o.cacheFrom ? { cache: o.cacheFrom } : {}) }, (p: Project) => new Store(p.settings.buildDir));
+    const project = o.force ? await loadProject(root) : undefined;
+    const f = project ? forcedStacks(project, stacks) : undefined;
+    return runPlan(
+      root,
+      f ? f.plan : stacks,
+      { json: o.json ?? false, dot: o.dot ?? false, ...(o.cacheFrom ? { cache: o.cacheFrom } : {}), ...(f ? { force: f.force } : {}) },
+      (p: Project) => new Store(p.settings.buildDir),
+    );
   }
   const project = await loadProject(root);
+  const f = o.force ? forcedStacks(project, stacks) : undefined;
   const jobs = parseJobs(o.jobs, project);
   const shard = o.shard !== undefined ? parseShard(o.shard) : undefined;
   const store = new Store(project.settings.buildDir);
@@ -69,10 +99,10 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
   const intr = interruptController();
   try {
     await store.cleanTmp();
-    const plan = await makePlan(project, stacks, store);
+    const plan = await makePlan(project, f ? f.plan : stacks, store, f ? { force: f.force } : {});
     if (shard) {
       const keep = shardSelect(plan.nodes, shard);
-      for (const n of plan.nodes) if (n.status === "stale" && !keep.has(n.stack)) n.status = "fresh";
+      for (const n of plan.nodes) if (n.status !== "fresh" && !keep.has(n.stack)) n.status = "fresh";
     }
     const emit = (e: BuildEvent): void => reporter.event(e);
     const cache = cacheHooks(project, plan, store, o, emit, intr.signal);

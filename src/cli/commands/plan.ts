@@ -8,13 +8,15 @@ import { makePlan } from "../../plan/planner.js";
 import { whyDiff } from "../../plan/why.js";
 import { renderWhy } from "../../report/plan.js";
 import type { StoreView } from "../../model/store.js";
-import { projectRoot, runPlan, storeFor, type PlanCliOptions, type StoreSource } from "../shared.js";
+import { markRemote, projectRoot, runPlan, storeFor, type PlanCliOptions, type StoreSource } from "../shared.js";
 
-export async function runWhy(root: string, stack: string, opts: Pick<PlanCliOptions, "write" | "color">, store: StoreSource): Promise<number> {
+export async function runWhy(root: string, stack: string, opts: Pick<PlanCliOptions, "write" | "color" | "force">, store: StoreSource): Promise<number> {
   const write = opts.write ?? ((s: string) => void process.stdout.write(s));
   const project = await loadProject(root);
   const view = storeFor(store, project);
-  const plan = await makePlan(project, [stack], view);
+  const plan = await makePlan(project, [stack], view, opts.force ? { force: opts.force } : {});
+  const cache = project.settings.cache.from ?? project.settings.cache.to;
+  if (cache) await markRemote(plan, cache, view);
   const node = plan.nodes.find((n) => n.stack === stack)!;
   const record = await view.currentRecord(stack);
   write(renderWhy(node, whyDiff(node, record), record !== undefined, { color: opts.color ?? (process.stdout.isTTY && !process.env.NO_COLOR) }));
