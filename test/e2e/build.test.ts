@@ -86,17 +86,30 @@ describe("dbuild all on a three-level tree", () => {
     expect(done).toEqual([]);
   });
 
-  it("deleting build/X.qcow2 rebuilds only X, leaving the images backed by the old one intact", async () => {
+  it("deleting build/X.qcow2 re-links it from the store with no VM; build --force rebuilds in a VM, leaving the old image intact", async () => {
     const childObj = await fs.realpath(path.join(p.root, "build", "micro:a:b.qcow2"));
+    const aObj = await fs.realpath(path.join(p.root, "build", "micro:a.qcow2"));
     await fs.rm(path.join(p.root, "build", "micro:a.qcow2"));
-    const plan = JSON.parse((await run("plan", "--json")).stdout) as { nodes: Array<{ stack: string; status: string; reasons: string[] }> };
+    const plan = JSON.parse((await run("plan", "--json")).stdout) as { nodes: Array<{ stack: string; status: string; source?: string; reasons: string[] }> };
     const a = plan.nodes.find((n) => n.stack === "micro:a")!;
-    expect(a.status).toBe("stale");
+    expect([a.status, a.source]).toEqual(["cached", "store"]);
     expect(a.reasons.join(" ")).toMatch(/deleted/);
-    const { done } = await built("all");
+    const { r, done } = await built("all");
     expect(done).toEqual(["micro:a"]);
-    expect(await fs.realpath(path.join(p.root, "build", "micro:a:b.qcow2"))).toBe(childObj);
+    expect(r.events.filter((e) => e.type === "node-done").map((e) => e.type === "node-done" && e.restored)).toEqual([true]);
+    expect(stacksOf(r, "node-start")).toEqual(["micro:a"]);
+    expect(r.events.some((e) => e.type === "step" && e.step === "boot")).toBe(false);
+    expect(await fs.realpath(path.join(p.root, "build", "micro:a.qcow2"))).toBe(aObj);
+
+    const forced = await built("build", "--force", "micro:a:b");
+    expect(forced.r.code, forced.r.stdout.slice(-2000)).toBe(0);
+    expect(forced.done).toEqual(["micro:a:b"]);
+    expect(forced.r.events.some((e) => e.type === "step" && e.stack === "micro:a:b" && e.step === "boot")).toBe(true);
+    const newObj = await fs.realpath(path.join(p.root, "build", "micro:a:b.qcow2"));
+    expect(newObj).not.toBe(childObj);
     execFileSync("qemu-img", ["check", "-U", childObj]);
+    execFileSync("qemu-img", ["check", "-U", newObj]);
+    expect((await built("all")).done).toEqual([]);
   });
 
   it("a failing install exits non-zero, publishes nothing, shows the log tail; --keep-going finishes the other branch", async () => {

@@ -30,7 +30,7 @@ async function project(): Promise<VmProject> {
 const run = (p: VmProject, ...args: string[]): Promise<CliResult> => dbuild(["--progress", "json", ...args], { cwd: p.root });
 
 interface JsonPlan {
-  nodes: Array<{ stack: string; key: string; status: string; remote?: string }>;
+  nodes: Array<{ stack: string; key: string; status: string; source?: string; remote?: string; pullBytes?: number; lastDuration?: number }>;
 }
 async function plan(p: VmProject, ...args: string[]): Promise<JsonPlan> {
   const r = await dbuild(["plan", "--json", ...args], { cwd: p.root });
@@ -76,10 +76,15 @@ describe("a registry shared by two copies of a project", () => {
     const pushes = r.events.filter((e) => e.type === "step" && e.step === "publish" && String(e.detail).startsWith("pushed"));
     expect(pushes.map((e) => e.stack).sort()).toEqual(STACKS);
     expect(r.events.filter((e) => e.type === "warning")).toEqual([]);
-    // the other copy has the same keys: everything is stale there, and a remote hit
+    // the other copy has the same keys: everything is cached there, from the remote, estimated by its transfer
     const [a, b] = [await plan(p1), await plan(p2, "--cache", reg.url)];
     expect(b.nodes.map((n) => n.key)).toEqual(a.nodes.map((n) => n.key));
-    expect(b.nodes.map((n) => [n.status, n.remote])).toEqual(STACKS.map(() => ["stale", "hit"]));
+    expect(b.nodes.map((n) => [n.status, n.source, n.remote])).toEqual(STACKS.map(() => ["cached", "remote", "hit"]));
+    expect(b.nodes.every((n) => (n.pullBytes ?? 0) > 0 && n.lastDuration === undefined)).toBe(true);
+    const text = (await dbuild(["plan", "--cache", reg.url], { cwd: p2.root })).stdout;
+    expect(text).toContain("micro:a:b (target)  cached (remote)");
+    expect(text).toMatch(/est: transfer of [\d.]+ MiB \(no VM\)/);
+    expect(text).toMatch(/3 of 3 images cached: 3 pulled \([\d.]+ MiB\), no VM/);
     const m = await dbuild(["plan", "--matrix", "--cache", reg.url], { cwd: p2.root });
     expect(JSON.parse(m.stdout)).toEqual({ include: [] });
   }, BUILD_MS);
@@ -107,6 +112,20 @@ describe("a registry shared by two copies of a project", () => {
     expect(booted(r)).toEqual([]);
     expect(qemuOf(p3.root)).toEqual([]);
     checkImages(p3);
+    // --force never takes the image from --cache-from (nor from the store): a VM runs
+    const forced = await run(p3, "build", "--force", "micro:a:b", "--cache-from", reg.url);
+    expect(forced.code, forced.stderr + forced.stdout.slice(-3000)).toBe(0);
+    expect(booted(forced)).toEqual(["micro:a:b"]);
+    expect(pulled(forced)).toEqual([]);
+    checkImages(p3);
+    // an epoch: bump gives the layer's images new keys: the remote cache has none of them
+    await p3.write("layers/a/layer.yaml", "kind: intermediate\nepoch: 2\n");
+    const bumped = await plan(p3, "--cache", reg.url);
+    expect(bumped.nodes.map((n) => [n.stack, n.status, n.remote ?? ""])).toEqual([
+      ["micro", "fresh", ""],
+      ["micro:a", "stale", "miss"],
+      ["micro:a:b", "stale", "miss"],
+    ]);
   }, BUILD_MS);
 
   it("a registry killed mid-push leaves the local store intact and says so", async () => {

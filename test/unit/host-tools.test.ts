@@ -57,6 +57,7 @@ const PROVIDER: Record<string, string> = {
   setpriv: "essential",
   flock: "essential",
   mount: "essential",
+  umount: "essential",
   dd: "essential",
   truncate: "essential",
   mktemp: "essential",
