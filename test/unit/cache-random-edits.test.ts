@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { loadProject } from "../../src/project/load.js";
 import { makePlan } from "../../src/plan/planner.js";
 import { StatCache } from "../../src/plan/statcache.js";
-import type { NodeStatus, Plan } from "../../src/plan/types.js";
+import type { NodeStatus, Plan } from "../../src/model/plan.js";
 import { canMount, mountCoarseFs } from "../helpers/coarse-fs.js";
 import type { CoarseFs } from "../helpers/coarse-fs.js";
 import { EDIT_KINDS, editor, referencePrints, rng, writeProject } from "../helpers/edit-suite.js";
