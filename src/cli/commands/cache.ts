@@ -50,7 +50,8 @@ export async function runPush(root: string, stacks: "all" | string[], o: CacheCl
   try {
     for (const node of plan.nodes) {
       if (intr.signal.aborted) return 130;
-      const rec = node.status === "fresh" ? await store.record(node.key) : undefined;
+      // Fresh, or cached in the store (its view shows another build): either way the image for these inputs is here.
+      const rec = node.status !== "stale" ? await store.record(node.key) : undefined;
       if (!rec) {
         stale++;
         out(`${node.stack}: stale here, not pushed (build it first)\n`);
