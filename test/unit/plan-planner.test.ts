@@ -116,6 +116,14 @@ describe("makePlan", () => {
     expect(text).toContain("est: ~0s (re-link, no VM)");
     expect(text).toContain("1 of 6 images cached: 1 re-linked from the store, no VM");
     expect(text).not.toContain("last build");
+    const out: string[] = [];
+    await runWhy(fx.root, "micro:web", { write: (x) => out.push(x), color: false }, store);
+    expect(out.join("")).toMatch(/^micro:web {2}cached \(store\) {2}key [0-9a-f]{12}$/m);
+    expect(out.join("")).toContain("the build re-links build/micro:web.qcow2 to it, no VM runs");
+    const forced: string[] = [];
+    await runWhy(fx.root, "micro:web", { write: (x) => forced.push(x), color: false, force: ["micro:web"] }, store);
+    expect(forced.join("")).toMatch(/^micro:web {2}stale {2}key/m);
+    expect(forced.join("")).toContain("forced (--force): a VM rebuilds it whatever the store or a cache holds");
   });
 
   it("an edit built then reverted is cached from the store, not stale; a child under a rebuilt parent is stale", async () => {
