@@ -39,8 +39,10 @@ async function plan(p: VmProject, ...args: string[]): Promise<JsonPlan> {
 }
 
 
-/** Stacks that booted a VM in this run (a `boot` step event). */
-const booted = (r: CliResult): string[] => r.events.filter((e) => e.type === "step" && e.step === "boot").map((e) => String(e.stack));
+/** Stacks that booted a VM in this run (`boot` step events: one as it starts, one saying how it came up). */
+const booted = (r: CliResult): string[] => [
+  ...new Set(r.events.filter((e) => e.type === "step" && e.step === "boot").map((e) => String(e.stack))),
+];
 const pulled = (r: CliResult): string[] => r.events.filter((e) => e.type === "node-done" && e.pulled === true).map((e) => String(e.stack));
 
 function checkImages(p: VmProject): void {
