@@ -2,6 +2,7 @@
  * The module layering of src/, in ONE place. Data flows one way:
  *
  *   cli -> watch -> exec -> {cache, report} -> {plan, store, vm} -> model -> project -> util
+ *                      exec -> proxy (the package cache; node and npm modules only)
  *
  * LAYERS says, for each folder of src/, which other folders it may import (types included). Anything not
  * listed is an upward or sideways import and fails `npm test` (test/unit/architecture.test.ts runs this
@@ -15,9 +16,10 @@ const LAYERS = {
   plan: ["model", "project", "util"],
   store: ["model", "util"],
   vm: ["project", "util"],
+  proxy: ["util"],
   cache: ["store", "model", "util"],
   report: ["plan", "model", "project", "util"],
-  exec: ["cache", "report", "store", "vm", "model", "project", "util"],
+  exec: ["cache", "proxy", "report", "store", "vm", "model", "project", "util"],
   watch: ["exec", "report", "plan", "store", "vm", "model", "project", "util"],
   cli: ["watch", "exec", "cache", "report", "plan", "store", "vm", "model", "project", "util"],
 };

@@ -22,6 +22,8 @@ import type { RunContext } from "./runners/types.js";
 import { runGraph, type SchedNode } from "./scheduler.js";
 import { StepError } from "./step-error.js";
 import { WarmStore } from "../store/warm.js";
+import { BuildProxy } from "./build-proxy.js";
+import type { ProxyCounters } from "../report/events.js";
 import type { WarmMode } from "./warm-start.js";
 
 export interface BuildOptions {
@@ -67,15 +69,23 @@ export async function build(project: Project, plan: Plan, store: Store, opts: Bu
     ...(n.lastDuration !== undefined ? { seconds: n.lastDuration } : {}),
   }));
   const built: string[] = [];
-  const result = await runGraph(
-    sched,
-    { jobs: opts.jobs, memoryBudget: s.memoryBudget, keepGoing: opts.keepGoing, signal: opts.signal },
-    async (stack, signal) => {
-      const node = byStack.get(stack)!;
-      await buildNode(project, node, byStack, store, opts, signal);
-      built.push(stack);
-    },
-  );
+  // The package cache runs for the length of the build, from the first node that needs it.
+  const proxy = new BuildProxy(s, (message) => opts.emit({ type: "warning", time: Date.now(), message }));
+  let result: Awaited<ReturnType<typeof runGraph>>;
+  let proxyTotals: Awaited<ReturnType<BuildProxy["close"]>>;
+  try {
+    result = await runGraph(
+      sched,
+      { jobs: opts.jobs, memoryBudget: s.memoryBudget, keepGoing: opts.keepGoing, signal: opts.signal },
+      async (stack, signal) => {
+        const node = byStack.get(stack)!;
+        await buildNode(project, node, byStack, store, opts, signal, proxy);
+        built.push(stack);
+      },
+    );
+  } finally {
+    proxyTotals = await proxy.close();
+  }
   await evictWarm(store, project, opts);
   const failed = [...result.outcome].filter(([, o]) => o === "failed").map(([id]) => id);
   const skipped = [...result.outcome].filter(([, o]) => o === "skipped" || o === "aborted").map(([id]) => id);
@@ -84,7 +94,7 @@ export async function build(project: Project, plan: Plan, store: Store, opts: Bu
   }
   const interrupted = opts.signal.aborted;
   const ok = failed.length === 0 && skipped.length === 0 && !interrupted;
-  opts.emit({ type: "build-done", time: Date.now(), ok, built, failed, skipped, duration: (Date.now() - start) / 1000, interrupted });
+  opts.emit({ type: "build-done", time: Date.now(), ok, built, failed, skipped, duration: (Date.now() - start) / 1000, interrupted, ...(proxyTotals ? { proxy: proxyTotals } : {}) });
   return { ok, interrupted, built, failed, skipped };
 }
 
@@ -109,6 +119,7 @@ async function buildNode(
   store: Store,
   opts: BuildOptions,
   signal: AbortSignal,
+  proxy: BuildProxy,
 ): Promise<void> {
   const t0 = Date.now();
   const layer = project.layers.get(node.layer);
@@ -152,6 +163,7 @@ async function buildNode(
     work.push(tmpImage);
     const parent = parentRec ? { object: parentRec.object, path: store.objectPath(parentRec.object) } : null;
     const runner = runnerFor(node, layer);
+    let proxyCounters: ProxyCounters | undefined;
     const ctx: RunContext = {
       project,
       layer,
@@ -168,6 +180,8 @@ async function buildNode(
       parent,
       warm: opts.warm ?? "warm",
       work,
+      proxy,
+      countProxy: (c) => (proxyCounters = c),
     };
     try {
       await runner.buildImage(ctx);
@@ -208,6 +222,7 @@ async function buildNode(
       image: store.viewPath(node.stack),
       ...(rec.deliverable ? { deliverable: path.join(store.buildDir, rec.deliverable.path) } : {}),
       ...(next ? { next } : {}),
+      ...(proxyCounters && proxyCounters.requests > 0 ? { proxy: proxyCounters } : {}),
     });
     if (opts.afterPublish) await opts.afterPublish(node, rec);
   } catch (e) {

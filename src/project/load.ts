@@ -38,6 +38,7 @@ export function defaultSettings(root: string): ProjectSettings {
     timeouts: { boot: 120, install: 1800, shutdown: 60 },
     network: { mode: "user", bridge: "virbr0" },
     accelerator: "auto",
+    proxy: { mode: "cache" },
     cache: {},
     // A snapshot of a 512 MiB build VM is ~100-300 MiB (RAM in use) plus its boot overlay.
     warm: { enabled: true, maxMiB: 4096 },
@@ -87,6 +88,7 @@ async function loadSettings(root: string, problems: Problem[]): Promise<{ settin
   Object.assign(settings.timeouts, y.timeouts);
   Object.assign(settings.network, y.network);
   if (y.accelerator !== undefined) settings.accelerator = y.accelerator;
+  if (y.proxy !== undefined) settings.proxy = y.proxy === "off" ? { mode: "off" } : { mode: "own", url: y.proxy.replace(/\/$/, "") };
   if (y.cache?.from !== undefined) settings.cache.from = y.cache.from;
   if (y.cache?.to !== undefined) settings.cache.to = y.cache.to;
   Object.assign(settings.warm, y.warm);

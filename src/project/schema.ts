@@ -22,6 +22,11 @@ export const projectYaml = z.strictObject({
     .strictObject({ mode: z.enum(["user", "bridge"]).optional(), bridge: z.string().min(1).optional() })
     .optional(),
   accelerator: z.enum(["auto", "kvm", "tcg"]).optional(),
+  // off, or the user's own proxy. Absent: dbuild's package cache (src/proxy).
+  proxy: z
+    .string({ error: "expected off, or http://HOST:PORT of your own proxy" })
+    .regex(/^(off|http:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}\/?)$/, "expected off, or http://HOST:PORT of your own proxy")
+    .optional(),
   cache: z
     .strictObject({
       from: z.string().regex(/^oci:\/\/[^/\s]+\/\S+$/, "expected oci://HOST[:PORT]/REPO").optional(),

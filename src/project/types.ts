@@ -6,6 +6,11 @@
 export type LayerKind = "base" | "intermediate" | "finalizing";
 export type NetworkMode = "user" | "bridge";
 export type Accelerator = "auto" | "kvm" | "tcg";
+/**
+ * How build VMs download packages: through dbuild's package cache (a caching proxy on the host for the
+ * length of a build), straight (off), or through the user's own proxy (http://HOST:PORT).
+ */
+export type ProxySetting = { mode: "cache" } | { mode: "off" } | { mode: "own"; url: string };
 
 /** demobuild.yaml, with defaults applied. All paths absolute. */
 export interface ProjectSettings {
@@ -23,6 +28,7 @@ export interface ProjectSettings {
   timeouts: { boot: number; install: number; shutdown: number };
   network: { mode: NetworkMode; bridge: string };
   accelerator: Accelerator;
+  proxy: ProxySetting;
   /** Optional remote cache URLs (oci://HOST[:PORT]/REPO). */
   cache: { from?: string; to?: string };
   /** Warm starts: build VMs resume from a RAM snapshot of their parent; snapshots use at most maxMiB. */

@@ -19,6 +19,28 @@ export type Step =
   | "publish"
   | "pull";
 
+/**
+ * Package-cache counters (docs/proxy.md): of one node (its VM's listener) or of a whole build. Bytes
+ * are response bodies; "from upstream" is what came from outside this machine.
+ */
+export interface ProxyCounters {
+  requests: number;
+  /** Served from the cache without asking upstream. */
+  hits: number;
+  /** Served from the cache after upstream answered 304 Not Modified. */
+  revalidated: number;
+  /** Fetched from upstream with 200. */
+  fetched: number;
+  /** Served from the cache because upstream could not be reached. */
+  stale: number;
+  bytesFromCache: number;
+  bytesFromUpstream: number;
+  /** HTTPS tunnelled through CONNECT (never cached), both ways. */
+  bytesTunneled: number;
+  /** Upstream failures (connection errors, HTTP errors). */
+  failures: number;
+}
+
 export type BuildEvent =
   | { type: "build-start"; time: number; stale: string[]; fresh: string[]; jobs: number }
   | { type: "node-start"; time: number; stack: string; layer: string; kind: LayerKind }
@@ -35,6 +57,8 @@ export type BuildEvent =
       pulled?: boolean;
       /** The image for these inputs was still in the store: the view was pointed back at it. */
       restored?: boolean;
+      /** This node's package-cache traffic, when it made any. */
+      proxy?: ProxyCounters;
     }
   | {
       type: "node-failed";
@@ -60,6 +84,8 @@ export type BuildEvent =
       skipped: string[];
       duration: number;
       interrupted: boolean;
+      /** The build's package-cache totals, when the cache ran. */
+      proxy?: ProxyCounters & { cacheDir: string };
     };
 
 export interface Reporter {

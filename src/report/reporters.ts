@@ -2,7 +2,7 @@
  * Build reporters: plain (one line per event, for logs and CI), json (NDJSON), tty (live view).
  */
 import pc from "picocolors";
-import type { BuildEvent, Reporter } from "./events.js";
+import type { BuildEvent, ProxyCounters, Reporter } from "./events.js";
 import { unreachable } from "../util/errors.js";
 
 type Write = (s: string) => void;
@@ -32,12 +32,26 @@ export function failureLines(e: Extract<BuildEvent, { type: "node-failed" }>): s
   return out;
 }
 
+function bytes(n: number): string {
+  return n < 1024 ? `${n} B` : n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+/** One line of package-cache traffic: what came from the cache and what from outside. */
+export function proxyLine(c: ProxyCounters): string {
+  const parts = [`${bytes(c.bytesFromCache)} from cache (${c.hits + c.revalidated + c.stale} files)`, `${bytes(c.bytesFromUpstream)} fetched upstream (${c.fetched} files)`];
+  if (c.bytesTunneled) parts.push(`${bytes(c.bytesTunneled)} HTTPS passed through`);
+  if (c.failures) parts.push(`${c.failures} upstream failure(s)`);
+  return `package cache: ${parts.join(", ")}`;
+}
+
 function summaryLines(e: Extract<BuildEvent, { type: "build-done" }>): string[] {
   const parts = [`${e.built.length} built`];
   if (e.failed.length) parts.push(`${e.failed.length} failed (${e.failed.join(", ")})`);
   if (e.skipped.length) parts.push(`${e.skipped.length} not built`);
   const head = e.interrupted ? "interrupted" : e.ok ? "done" : "FAILED";
-  return [`${head}: ${parts.join(", ")} in ${secs(e.duration)}`];
+  const out = [`${head}: ${parts.join(", ")} in ${secs(e.duration)}`];
+  if (e.proxy && e.proxy.requests > 0) out.push(proxyLine(e.proxy));
+  return out;
 }
 
 export class PlainReporter implements Reporter {
@@ -60,6 +74,7 @@ export class PlainReporter implements Reporter {
       case "node-done":
         line(e.stack, `${e.pulled ? "pulled from cache" : e.restored ? "restored from the store" : "done"} in ${secs(e.duration)} -> ${e.deliverable ?? e.image}`);
         if (e.next) line(e.stack, `next: ${e.next}`);
+        if (e.proxy) line(e.stack, proxyLine(e.proxy));
         break;
       case "node-failed":
         for (const l of failureLines(e)) this.write(`${hms(e.time)} ${l}\n`);

@@ -19,13 +19,15 @@ export const baseInstallRunner: NodeRunner = {
   },
 };
 
-async function runInstall({ project, layer, node, store, log, setStep, signal, tmpImage }: RunContext): Promise<void> {
+async function runInstall({ project, layer, node, store, log, setStep, signal, tmpImage, proxy, countProxy }: RunContext): Promise<void> {
   const keys = await ensureProjectKey(project.root);
   const workdir = store.tmpPath(`${node.stack}-work`);
   await fs.mkdir(workdir, { recursive: true });
   const cache = path.join(userCacheDir(), "layers", layer.name);
   await fs.mkdir(cache, { recursive: true });
   setStep("install-host", "running install on the host");
+  // Host scripts may send their downloads through the package cache too (DBUILD_PROXY, documented).
+  const hostProxy = await proxy.forHost();
   try {
     await runHostScript("install-host", path.join(layer.dir, "install"), {
       cwd: layer.dir,
@@ -39,12 +41,15 @@ async function runInstall({ project, layer, node, store, log, setStep, signal, t
         DBUILD_CACHE: cache,
         DBUILD_WORKDIR: workdir,
         DBUILD_PROJECT: project.root,
+        ...(hostProxy ? { DBUILD_PROXY: hostProxy.url } : {}),
       },
       log,
       signal,
       timeoutMs: (layer.config.timeout ?? project.settings.timeouts.install) * 1000,
     });
+    countProxy(hostProxy?.counters());
   } finally {
+    await hostProxy?.close();
     await fs.rm(workdir, { recursive: true, force: true });
   }
 }

@@ -6,8 +6,9 @@
  */
 import type { PlanNode } from "../../model/plan.js";
 import type { Layer, Project } from "../../project/types.js";
-import type { Step } from "../../report/events.js";
+import type { ProxyCounters, Step } from "../../report/events.js";
 import type { Store } from "../../store/store.js";
+import type { BuildProxy } from "../build-proxy.js";
 import type { NodeLog } from "../node-log.js";
 import type { WarmMode } from "../warm-start.js";
 
@@ -30,6 +31,10 @@ export interface RunContext {
   warm: WarmMode;
   /** Temporary files and directories the executor removes when the node ends, whatever the outcome. */
   work: string[];
+  /** The build's package cache (docs/proxy.md): a runner asks it for a listener of its own. */
+  proxy: BuildProxy;
+  /** What this node's downloads through the package cache came to (shown in its node-done event). */
+  countProxy: (counters: ProxyCounters | undefined) => void;
 }
 
 /** What a finalizing node adds to its record. */

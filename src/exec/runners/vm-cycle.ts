@@ -19,6 +19,8 @@ import { ensureProjectKey } from "../../vm/keys.js";
 import type { Vm } from "../../vm/types.js";
 import { StepError } from "../step-error.js";
 import { startBuildVm, type BuildVm } from "../warm-start.js";
+import { archiveFailuresInOutput, GUEST_PROXY_CLEANUP, unreachableArchiveMessage } from "../../proxy/guest.js";
+import type { NodeProxy } from "../build-proxy.js";
 import type { NodeRunner, RunContext } from "./types.js";
 
 /** Directory in the guest the layer's target/ is copied to (removed before power-off). */
@@ -28,14 +30,15 @@ export const GUEST_DIR = "/tmp/dbuild-layer";
 const GUEST_CLEANUP = [
   `rm -rf ${GUEST_DIR}`,
   "rm -f /etc/udev/rules.d/70-persistent-net.rules",
+  GUEST_PROXY_CLEANUP,
   "for f in /etc/sysconfig/network-scripts/ifcfg-*; do [ -f \"$f\" ] && sed -i -e '/^HWADDR=/d' -e '/^MACADDR=/d' \"$f\"; done",
   "sync",
   "(command -v fstrim >/dev/null 2>&1 && fstrim / 2>/dev/null) || true",
   "sync",
 ].join("; ");
 
-/** One step run against the running build VM. */
-export type GuestStep = (ctx: RunContext, vm: Vm) => Promise<void>;
+/** One step run against the running build VM; `np` is the VM's package-cache listener (none when off). */
+export type GuestStep = (ctx: RunContext, vm: Vm, np: NodeProxy | undefined) => Promise<void>;
 
 /** (3) rsync target/ into a temporary directory in the guest, symlinks followed (-L). */
 const copyTarget: GuestStep = async ({ layer, setStep, signal }, vm) => {
@@ -48,10 +51,11 @@ const copyTarget: GuestStep = async ({ layer, setStep, signal }, vm) => {
 };
 
 /** (4) run target/install there, with the layer's env and the stack's settings. */
-const runInstall: GuestStep = async ({ project, layer, node, log, setStep, signal }, vm) => {
+const runInstall: GuestStep = async ({ project, layer, node, log, setStep, signal }, vm, np) => {
   setStep("install");
-  const env: Record<string, string> = { ...layer.config.env, ...node.settings, LAYER: layer.name, STACK: node.stack };
-  const r = await vm.exec(`cd ${GUEST_DIR} && chmod +x ./install 2>/dev/null; ./install`, {
+  // The proxy's variables first: a layer that sets http_proxy in layer.yaml env: keeps its own.
+  const env: Record<string, string> = { ...np?.env, ...layer.config.env, ...node.settings, LAYER: layer.name, STACK: node.stack };
+  const r = await vm.exec(`${np ? `${np.setup}; ` : ""}cd ${GUEST_DIR} && chmod +x ./install 2>/dev/null; ./install`, {
     env,
     onStdout: (d) => log.chunk("stdout", d),
     onStderr: (d) => log.chunk("stderr", d),
@@ -60,9 +64,17 @@ const runInstall: GuestStep = async ({ project, layer, node, log, setStep, signa
   });
   if (signal.aborted) throw new StepError("install", "interrupted");
   if (r.code !== 0) {
-    throw new StepError("install", `target/install exited with ${r.code === null ? `signal ${r.signal ?? "?"}` : `code ${r.code}`}`, r.code);
+    const exit = `target/install exited with ${r.code === null ? `signal ${r.signal ?? "?"}` : `code ${r.code}`}`;
+    const why = np ? np.explainFailure(layer.name, log.lastLines()) : explainWithoutProxy(layer.name, log.lastLines());
+    throw new StepError("install", why ? `${why} (${exit})` : exit, r.code);
   }
 };
+
+/** proxy: off, or bridge networking: the install's own output is all there is to go on. */
+function explainWithoutProxy(layer: string, tail: readonly string[]): string | undefined {
+  const failures = archiveFailuresInOutput(tail);
+  return failures.length ? unreachableArchiveMessage(layer, failures, "none (direct connection)") : undefined;
+}
 
 /** (5) remove the directory, (6) MAC-address references, then sync + fstrim so the delta stays small. */
 const cleanGuest: GuestStep = async ({ log, setStep, signal }, vm) => {
@@ -79,17 +91,21 @@ export const vmCycleRunner: NodeRunner = {
     const runDir = `${ctx.tmpImage}.run`;
     let started: BuildVm | undefined;
     let vm: Vm | undefined;
+    let np: NodeProxy | undefined;
     try {
+      np = await ctx.proxy.forVm();
       started = await boot(ctx, runDir);
       vm = started.vm;
-      for (const step of GUEST_STEPS) await step(ctx, vm);
+      for (const step of GUEST_STEPS) await step(ctx, vm, np);
       await powerOff(ctx, vm);
       vm = undefined;
       // One delta over the parent, whatever the VM started from.
       await started.finish(ctx.signal);
+      ctx.countProxy(np?.counters());
     } finally {
       if (vm) await vm.kill();
       await started?.release();
+      await np?.close();
       await fs.rm(runDir, { recursive: true, force: true });
     }
   },
