@@ -52,7 +52,7 @@ function listen(s: net.Server): Promise<number> {
 }
 
 type Ev = Record<string, unknown> & { type: string };
-const nodeDone = (events: Ev[], stack: string) => events.find((e) => e.type === "node-done" && e.stack === stack) as (Ev & { proxy?: Record<string, number> }) | undefined;
+const nodeDone = (events: Ev[], stack: string): (Ev & { proxy?: Record<string, number> }) | undefined => events.find((e) => e.type === "node-done" && e.stack === stack);
 
 /** The fetch layer: downloads through whatever http_proxy it is given, checks what it got. */
 const fetchScript = (comment: string) => `# ${comment}
