@@ -1,8 +1,15 @@
 /**
  * `proxy:` in demobuild.yaml, what a build VM is given, and how an unreachable archive is explained.
  */
+import * as fs from "node:fs/promises";
+import * as http from "node:http";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { loadProject } from "../../src/project/load.js";
+import { BuildProxy, type NodeProxy } from "../../src/exec/build-proxy.js";
+import { defaultSettings, loadProject } from "../../src/project/load.js";
+import type { ProjectSettings } from "../../src/project/types.js";
 import { DbuildError } from "../../src/util/errors.js";
 import { archiveFailuresInOutput, GUEST_APT_CONF, GUEST_PROXY_CLEANUP, guestProxySetup, guestUrlOfOwnProxy, unreachableArchiveMessage } from "../../src/proxy/guest.js";
 import { demoProject, writeFixture, type Fixture } from "../helpers/fixture.js";
@@ -73,5 +80,60 @@ describe("an unreachable package archive", () => {
     expect(unreachableArchiveMessage("web", [{ url: "http://127.0.0.1:9/x.deb", message: "connection refused" }], "dbuild's package cache (http_proxy=http://10.0.2.2:5 in the guest)")).toBe(
       "layer web could not reach its package archive: http://127.0.0.1:9/x.deb (connection refused); proxy in use: dbuild's package cache (http_proxy=http://10.0.2.2:5 in the guest)",
     );
+  });
+});
+
+describe("the build's proxy (exec/build-proxy)", () => {
+  const base = (proxy: ProjectSettings["proxy"], mode: "user" | "bridge" = "user"): ProjectSettings => ({ ...defaultSettings("/p"), proxy, network: { mode, bridge: "br0" } });
+
+  it("gives each VM its own listener on 127.0.0.1, reached as 10.0.2.2, and explains failures it saw", async () => {
+    const home = await fs.mkdtemp(path.join(os.tmpdir(), "dbuild-bp-"));
+    process.env.DBUILD_CACHE_HOME = home;
+    try {
+      const bp = new BuildProxy(base({ mode: "cache" }), () => undefined);
+      const a = (await bp.forVm())!;
+      const b = (await bp.forVm())!;
+      const port = (np: NodeProxy) => Number(/10\.0\.2\.2:(\d+)/.exec(np.env.http_proxy!)![1]);
+      expect(port(a)).not.toBe(port(b));
+      // A request for a closed port on 127.0.0.1, through VM a's listener.
+      const closed = await new Promise<number>((resolve) => {
+        const s = net.createServer().listen(0, "127.0.0.1", () => {
+          const p = (s.address() as net.AddressInfo).port;
+          s.close(() => resolve(p));
+        });
+      });
+      const status = await new Promise<number>((resolve) =>
+        http.get({ host: "127.0.0.1", port: port(a), path: `http://127.0.0.1:${closed}/debian/pool/x.deb`, agent: false }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        }),
+      );
+      expect(status).toBe(502);
+      expect(a.explainFailure("web", ["wget: server returned error: HTTP/1.1 502 Bad Gateway"])).toBe(
+        `layer web could not reach its package archive: http://127.0.0.1:${closed}/debian/pool/x.deb (connection refused); proxy in use: ${a.describe}`,
+      );
+      expect(b.explainFailure("db", ["something else went wrong"])).toBeUndefined();
+      expect(a.counters()).toMatchObject({ requests: 1, failures: 1 });
+      await a.close();
+      await b.close();
+      expect(await bp.close()).toMatchObject({ requests: 1, failures: 1, cacheDir: path.join(home, "proxy") });
+    } finally {
+      delete process.env.DBUILD_CACHE_HOME;
+      await fs.rm(home, { recursive: true, force: true });
+    }
+  });
+
+  it("off: nothing; own proxy: the guest's URL; bridge networking: a warning, no cache", async () => {
+    expect(await new BuildProxy(base({ mode: "off" }), () => undefined).forVm()).toBeUndefined();
+    const own = (await new BuildProxy(base({ mode: "own", url: "http://localhost:3142" }), () => undefined).forVm())!;
+    expect(own.env.http_proxy).toBe("http://10.0.2.2:3142");
+    expect(own.counters()).toBeUndefined();
+    const warnings: string[] = [];
+    const bridged = new BuildProxy(base({ mode: "cache" }, "bridge"), (m) => warnings.push(m));
+    expect(await bridged.forVm()).toBeUndefined();
+    expect(await bridged.forVm()).toBeUndefined();
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain("proxy: http://HOST:PORT");
+    expect(await bridged.close()).toBeUndefined();
   });
 });
