@@ -101,7 +101,7 @@ describe("package cache (micro guest, busybox wget, origin on 127.0.0.1)", () =>
     // The package from the cache as it is; the index revalidated (304, no body).
     expect(second).toMatchObject({ hits: 1, revalidated: 1, fetched: 0, bytesFromUpstream: 0, bytesFromCache: DEB.length + INDEX.length });
     expect(seen).toEqual([{ path: "/dists/test/InRelease", conditional: true }]);
-  }, 400_000);
+  }, 600_000);
 
   it("leaves nothing proxy-related in the published image", async () => {
     const snap = path.join(p.root, "fetch.qcow2");
@@ -120,7 +120,7 @@ describe("package cache (micro guest, busybox wget, origin on 127.0.0.1)", () =>
     } finally {
       process.kill(pid, "SIGTERM");
     }
-  }, 200_000);
+  });
 
   it("an unreachable archive (closed port on 127.0.0.1) fails the layer naming the layer, the URL and the proxy", async () => {
     const r = await run("build", "micro:unreachable");
@@ -133,7 +133,7 @@ describe("package cache (micro guest, busybox wget, origin on 127.0.0.1)", () =>
           `proxy in use: dbuild's package cache \\(http_proxy=http://10\\.0\\.2\\.2:\\d+ in the guest, 127\\.0\\.0\\.1:\\d+ on the host\\) \\(target/install exited with code 1\\)$`,
       ),
     );
-  }, 200_000);
+  });
 
   it("proxy: http://127.0.0.1:PORT sends the guest to the user's own proxy instead", async () => {
     const own = await PackageProxy.start({ cacheRoot: await fs.mkdtemp(path.join(cacheHome, "own-")) });
@@ -150,5 +150,5 @@ describe("package cache (micro guest, busybox wget, origin on 127.0.0.1)", () =>
     } finally {
       await own.close();
     }
-  }, 200_000);
+  });
 });
