@@ -13,8 +13,9 @@ import { loadavg, root, writeSection } from "./lib.js";
 
 const example = path.join(root, "examples", "debian");
 if (!fs.existsSync(path.join(example, "layers", "web"))) {
-  console.error(`bench proxy: ${example} has no web layer (the Debian example is needed)`);
-  process.exit(1);
+  // `npm run bench` runs every benchmark: say plainly that this one measured nothing, and write no section.
+  console.error(`bench proxy: SKIPPED, nothing measured: ${example} has no web layer (the Debian example of issue 10)`);
+  process.exit(0);
 }
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dbuild-bench-proxy-"));
 const proj = path.join(dir, "proj");
