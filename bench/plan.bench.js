@@ -6,86 +6,17 @@
 // Every measurement is a whole process (node startup and module loading included), as a user runs it,
 // and the median of several runs; the page cache is warm for all of them alike.
 import { execFileSync, spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { generateProject } from "./synthetic.js";
 
 const repo = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const LAYERS = Number(process.env.PLAN_BENCH_LAYERS ?? 200);
 const TARGETS = Number(process.env.PLAN_BENCH_TARGETS ?? 500);
 const FILES = Number(process.env.PLAN_BENCH_FILES ?? 20000);
 const ROUNDS = Number(process.env.PLAN_BENCH_ROUNDS ?? 5);
-
-// Deterministic pseudo-random numbers, so every run plans the same project shape.
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function generate(root) {
-  const rand = rng(42);
-  const pick = (n) => Math.floor(rand() * n);
-  const w = (rel, content, mode) => {
-    const abs = path.join(root, rel);
-    fs.mkdirSync(path.dirname(abs), { recursive: true });
-    fs.writeFileSync(abs, content);
-    if (mode) fs.chmodSync(abs, mode);
-  };
-  w("utils/addlayer.sh", "#!/bin/sh\n", 0o755);
-  const bases = [];
-  const mids = [];
-  const finals = [];
-  const nBase = 10;
-  const nFinal = 10;
-  for (let i = 0; i < LAYERS; i++) {
-    if (i < nBase) {
-      const name = `base${i}`;
-      w(`layers/${name}/install`, `#!/bin/sh\necho base ${i}\n`, 0o755);
-      bases.push(name);
-      continue;
-    }
-    const final = i >= LAYERS - nFinal;
-    const name = final ? `final${i}` : `layer${i}`;
-    fs.mkdirSync(path.join(root, "layers", name), { recursive: true });
-    fs.symlinkSync("../../utils/addlayer.sh", path.join(root, "layers", name, "install"));
-    if (final) {
-      w(`layers/${name}/layer.yaml`, "kind: finalizing\nformat: qcow2\n");
-      w(`layers/${name}/convert`, "#!/bin/sh\n", 0o755);
-      finals.push(name);
-    } else mids.push(name);
-    w(`layers/${name}/target/install`, `#!/bin/sh\necho ${name}\n`, 0o755);
-  }
-  // The remaining files spread over target/ dirs, a few subdirectories deep.
-  const withTarget = [...mids, ...finals];
-  const remaining = FILES - withTarget.length;
-  for (let f = 0; f < remaining; f++) {
-    const layer = withTarget[f % withTarget.length];
-    const size = 8192 + pick(4096);
-    w(`layers/${layer}/target/d${pick(4)}/s${pick(3)}/f${f}.dat`, randomBytes(size));
-  }
-  const stacks = new Set();
-  while (stacks.size < TARGETS) {
-    const depth = 1 + pick(4);
-    const els = [bases[pick(bases.length)]];
-    const used = new Set();
-    for (let d = 0; d < depth; d++) {
-      const m = mids[pick(mids.length)];
-      if (!used.has(m)) els.push(m), used.add(m);
-    }
-    els.push(finals[pick(finals.length)]);
-    stacks.add(els.join(":"));
-  }
-  for (const s of stacks) w(`targets/${s}`, rand() < 0.5 ? `MEM=${1024 * (1 + pick(4))}\n` : "");
-  return stacks.size;
-}
 
 const RUNNER = `
 import { loadProject } from ${JSON.stringify(path.join(repo, "dist/project/load.js"))};
@@ -148,7 +79,7 @@ const root = fs.mkdtempSync(path.join(os.tmpdir(), "dbuild-plan-bench-"));
 try {
   console.log(`generating ${LAYERS} layers, ${TARGETS} targets, ${FILES} files in ${root}`);
   const tg = Date.now();
-  generate(root);
+  generateProject(root, { layers: LAYERS, targets: TARGETS, files: FILES });
   console.log(`  generated in ${fmt(Date.now() - tg)}`);
   if (process.env.PLAN_BENCH_KEEP) fs.writeFileSync(path.join(os.tmpdir(), "dbuild-plan-bench-runner.mjs"), RUNNER);
   const git = (...a) => execFileSync("git", ["-C", root, ...a], { stdio: ["ignore", "ignore", "inherit"] });

@@ -19,8 +19,9 @@ packages=(qemu-system-x86 qemu-utils rsync openssh-client e2fsprogs fdisk syslin
 # busybox-static: the finalizer clean-up test parses and runs the guest scripts under busybox sh; procps: pgrep.
 # fakeroot: the micro base layer builds its rootfs under it when dbuild does not run as root.
 # packer: the layer benchmark's side-by-side row (bench/layer.bench.js; skipped without it).
+# chromium: the tests open build/report.html in headless Chromium (driven by puppeteer-core).
 # test/unit/host-tools.test.ts fails when code, layers, utils or tests run a command not installed here.
-[ "$what" = test ] && packages+=(docker-registry skopeo git libxml2-utils busybox-static procps packer)
+[ "$what" = test ] && packages+=(docker-registry skopeo git libxml2-utils busybox-static procps packer chromium)
 
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq

@@ -13,6 +13,7 @@ import { registerVmCommands } from "./commands/vm.js";
 import { registerGcCommand } from "./commands/gc.js";
 import { registerCacheCommands } from "./commands/cache.js";
 import { registerWatchCommands, runWatch } from "./commands/watch.js";
+import { registerReportCommand } from "./commands/report.js";
 import { Store } from "../store/store.js";
 import type { Project } from "../project/types.js";
 import { projectRoot } from "./shared.js";
@@ -62,6 +63,7 @@ export async function main(argv: string[]): Promise<number> {
   registerGcCommand(program);
   registerCacheCommands(program);
   registerWatchCommands(program);
+  registerReportCommand(program);
   try {
     await program.parseAsync(argv, { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;

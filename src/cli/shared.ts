@@ -181,3 +181,8 @@ export async function markRemote(plan: Plan, url: string, store: StoreView): Pro
     willHave.set(n.stack, info.digest);
   }
 }
+
+/** A report that cannot be written is worth a line on stderr, never a failed build. */
+export function warnReport(message: string): void {
+  process.stderr.write(`warning: ${message}\n`);
+}

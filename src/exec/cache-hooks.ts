@@ -81,10 +81,18 @@ export function cacheHooks(
           skipped++;
           return;
         }
+        // A step of its own after the node is done, so the timeline and the trace show where pushes ran.
+        const t0 = Date.now();
+        const done = (ok: boolean, detail: string): void => {
+          const now = Date.now();
+          emit({ type: "step-done", time: now, stack: node.stack, step: "push", duration: (now - t0) / 1000, ok, detail });
+        };
+        emit({ type: "step", time: t0, stack: node.stack, step: "push", detail: `to ${to.client.ref.url}` });
         try {
           const r = await to.push(rec, await parentRecord(node), { signal });
-          emit({ type: "step", time: Date.now(), stack: node.stack, step: "publish", detail: r.existed ? `already in ${to.client.ref.url}` : `pushed ${mib(r.bytes)} to ${to.client.ref.url}` });
+          done(true, r.existed ? `already in ${to.client.ref.url}` : `pushed ${mib(r.bytes)} to ${to.client.ref.url}`);
         } catch (e) {
+          done(false, signal.aborted ? "interrupted" : "failed");
           if (signal.aborted) return;
           warn(node.stack, `push to ${urls.to} failed (the local build is unaffected):\n  ${problemText(e)}`);
           if (isUnreachable(e)) unreachable = true;

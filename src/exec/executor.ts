@@ -21,6 +21,7 @@ import { runnerFor } from "./runners/index.js";
 import type { RunContext } from "./runners/types.js";
 import { runGraph, type SchedNode } from "./scheduler.js";
 import { StepError } from "./step-error.js";
+import { StepTimer } from "./step-timer.js";
 import { WarmStore } from "../store/warm.js";
 import { BuildProxy } from "./build-proxy.js";
 import type { ProxyCounters } from "../report/events.js";
@@ -124,14 +125,15 @@ async function buildNode(
   const t0 = Date.now();
   const layer = project.layers.get(node.layer);
   if (!layer) throw new Error(`layer ${node.layer} vanished`);
-  opts.emit({ type: "node-start", time: t0, stack: node.stack, layer: node.layer, kind: node.kind });
+  opts.emit({ type: "node-start", time: t0, stack: node.stack, layer: node.layer, kind: node.kind, key: node.key });
   const log = new NodeLog(store.logPath(node.stack), node.stack, opts.emit);
   await log.open();
   let step: Step = "queued";
+  const steps = new StepTimer(node.stack, opts.emit);
   const setStep = (s: Step, detail?: string): void => {
     step = s;
     log.note(detail ? `${s}: ${detail}` : s);
-    opts.emit({ type: "step", time: Date.now(), stack: node.stack, step: s, ...(detail ? { detail } : {}) });
+    steps.begin(s, detail);
   };
   const work: string[] = [];
   let keptDisk: string | undefined;
@@ -142,6 +144,7 @@ async function buildNode(
       if (await opts.tryPull(node, signal)) {
         await log.close();
         const rec = await store.record(node.key);
+        steps.end(true);
         opts.emit({ type: "node-done", time: Date.now(), stack: node.stack, duration: (Date.now() - t0) / 1000, image: store.viewPath(node.stack), pulled: true, ...(rec?.deliverable ? { deliverable: path.join(store.buildDir, rec.deliverable.path) } : {}) });
         return;
       }
@@ -154,6 +157,7 @@ async function buildNode(
       setStep("publish", "restored from the store");
       await store.commit(stored);
       await log.close();
+      steps.end(true);
       opts.emit({ type: "node-done", time: Date.now(), stack: node.stack, duration: (Date.now() - t0) / 1000, image: store.viewPath(node.stack), restored: true, ...(stored.deliverable ? { deliverable: path.join(store.buildDir, stored.deliverable.path) } : {}) });
       return;
     }
@@ -182,6 +186,7 @@ async function buildNode(
       work,
       proxy,
       countProxy: (c) => (proxyCounters = c),
+      vmStopped: (pid, usage) => opts.emit({ type: "vm-usage", time: Date.now(), stack: node.stack, pid, ...usage }),
     };
     try {
       await runner.buildImage(ctx);
@@ -214,6 +219,7 @@ async function buildNode(
     rec.duration = (Date.now() - t0) / 1000;
     await store.commit(rec);
     await log.close();
+    steps.end(true);
     opts.emit({
       type: "node-done",
       time: Date.now(),
@@ -229,6 +235,7 @@ async function buildNode(
     const message = signal.aborted ? "interrupted" : errorMessage(e);
     log.note(`FAILED in ${step}: ${message}`);
     await log.close();
+    steps.end(false);
     if (!signal.aborted) {
       opts.emit({
         type: "node-failed",

@@ -17,7 +17,9 @@ export type Step =
   | "poweroff"
   | "convert"
   | "publish"
-  | "pull";
+  | "pull"
+  /** Remote-cache push of a published node (runs behind the build, after node-done). */
+  | "push";
 
 /**
  * Package-cache counters (docs/proxy.md): of one node (its VM's listener) or of a whole build. Bytes
@@ -43,8 +45,17 @@ export interface ProxyCounters {
 
 export type BuildEvent =
   | { type: "build-start"; time: number; stale: string[]; fresh: string[]; jobs: number }
-  | { type: "node-start"; time: number; stack: string; layer: string; kind: LayerKind }
+  /** `key`: the node's content key (so a later report can tell whether a failure still applies). */
+  | { type: "node-start"; time: number; stack: string; layer: string; kind: LayerKind; key: string }
+  /** A step began, or (same step again) reports progress in `detail`. */
   | { type: "step"; time: number; stack: string; step: Step; detail?: string }
+  /** A step ended (the next step's start, the node's end, or a push finishing): exact step durations. */
+  | { type: "step-done"; time: number; stack: string; step: Step; duration: number; ok: boolean; detail?: string }
+  /**
+   * A build VM was stopped. `cpuSeconds`: CPU time QEMU used (user + system, from /proc/PID/stat, sampled
+   * just before the power-off), absent where the kernel does not say.
+   */
+  | { type: "vm-usage"; time: number; stack: string; pid: number; cpuSeconds?: number; wallSeconds: number }
   | { type: "output"; time: number; stack: string; stream: "stdout" | "stderr"; line: string }
   | {
       type: "node-done";

@@ -52,6 +52,8 @@ export class JunitReporter implements Reporter {
       case "build-start":
       case "node-start":
       case "step":
+      case "step-done":
+      case "vm-usage":
       case "output":
       case "warning":
         break;

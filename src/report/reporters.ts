@@ -85,6 +85,10 @@ export class PlainReporter implements Reporter {
       case "warning":
         this.write(`${hms(e.time)} ${e.stack ? `${e.stack}: ` : ""}warning: ${e.message}\n`);
         break;
+      case "step-done":
+      case "vm-usage":
+        // Timings for the report, the trace and NDJSON; a line each would only repeat the step lines.
+        break;
       case "build-done":
         for (const l of summaryLines(e)) this.write(`${hms(e.time)} ${l}\n`);
         break;
@@ -157,6 +161,8 @@ export class TtyReporter implements Reporter {
         break;
       }
       case "output":
+      case "step-done":
+      case "vm-usage":
         break;
       case "node-done":
         this.running.delete(e.stack);

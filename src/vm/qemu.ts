@@ -16,7 +16,7 @@ import { resumeIncoming } from "./warm.js";
 import { installVmCleanupHandlers, registerVm, unregisterVm } from "./registry.js";
 import { rsyncTo } from "./rsync.js";
 import { SshSession, waitForSsh } from "./ssh.js";
-import type { ExecOptions, ExecResult, Vm, VmOptions } from "./types.js";
+import type { ExecOptions, ExecResult, Vm, VmOptions, VmUsage } from "./types.js";
 import { abortError, sleep } from "../util/sleep.js";
 import { TimeoutError } from "./wait.js";
 
@@ -52,6 +52,23 @@ export function tailFile(file: string, n = 15): string {
     return text.split("\n").filter((l) => l.trim() !== "").slice(-n).join("\n");
   } catch {
     return "";
+  }
+}
+
+/** Linux reports process times in clock ticks of USER_HZ, which is 100 on every architecture QEMU runs on. */
+const USER_HZ = 100;
+
+/** utime + stime of a process in seconds, or undefined if /proc does not have it (gone, not Linux). */
+export function procCpuSeconds(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
+    // Field 2 (comm) is in parentheses and may contain spaces: count fields after the last ')'.
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state field (field 3).
+    const ticks = Number(f[11]) + Number(f[12]);
+    return Number.isFinite(ticks) ? ticks / USER_HZ : undefined;
+  } catch {
+    return undefined;
   }
 }
 
@@ -102,6 +119,9 @@ export class QemuVm implements Vm {
   private hasExited = false;
   private stopping?: Promise<void>;
   private hostPort?: number;
+  private readonly spawnedAt = Date.now();
+  private exitedAt?: number;
+  private lastCpu?: number;
 
   constructor(
     readonly opts: VmOptions,
@@ -115,6 +135,7 @@ export class QemuVm implements Vm {
   ) {
     void spawned.exited.then(() => {
       this.hasExited = true;
+      this.exitedAt = Date.now();
       if (!opts.detached) unregisterVm(this.pid);
     });
   }
@@ -181,7 +202,17 @@ export class QemuVm implements Vm {
     return r;
   }
 
+  /**
+   * CPU time QEMU has used (all its threads, user + system), from /proc/PID/stat. Once QEMU has exited
+   * the kernel no longer says, so shutdown() and kill() sample it first: the last sample is returned.
+   */
+  usage(): VmUsage {
+    if (!this.hasExited) this.lastCpu = procCpuSeconds(this.pid) ?? this.lastCpu;
+    return { ...(this.lastCpu !== undefined ? { cpuSeconds: this.lastCpu } : {}), wallSeconds: ((this.exitedAt ?? Date.now()) - this.spawnedAt) / 1000 };
+  }
+
   shutdown(opts: { timeoutMs?: number } = {}): Promise<void> {
+    this.usage();
     this.stopping ??= this.doShutdown(opts.timeoutMs ?? 30_000);
     return this.stopping;
   }
@@ -226,6 +257,7 @@ export class QemuVm implements Vm {
   }
 
   kill(): Promise<void> {
+    if (!this.stopping) this.usage();
     this.stopping ??= (async () => {
       this.ssh?.close();
       if (!this.hasExited) {

@@ -67,4 +67,12 @@ export interface Vm {
   shutdown(opts?: { timeoutMs?: number }): Promise<void>;
   /** Kill at once (used on abort). Idempotent. */
   kill(): Promise<void>;
+  /** CPU seconds QEMU used so far (sampled before it stops; absent if unknown) and seconds it has run. */
+  usage(): VmUsage;
+}
+
+export interface VmUsage {
+  /** utime + stime of the QEMU process (all its threads), from /proc/PID/stat; absent if unknown. */
+  cpuSeconds?: number;
+  wallSeconds: number;
 }

@@ -31,6 +31,8 @@ export interface WatchSessionOptions {
   jobs?: number;
   debounceMs: number;
   emit: (e: WatchEvent | BuildEvent) => void;
+  /** Each cycle's plan, before it builds (the HTML report shows it). */
+  onPlan?: (plan: Plan) => void;
   /** Aborted = stop (Ctrl-C): the running build is aborted, VMs are stopped, then run() resolves. */
   signal: AbortSignal;
 }
@@ -169,6 +171,7 @@ export class WatchSession {
     }
     const { project, stacks, plan } = planned;
     run.keys = new Map(plan.nodes.map((n) => [n.stack, n.key]));
+    o.onPlan?.(plan);
     if (paths.length && plan.nodes.every((n) => this.lastKeys.get(n.stack) === n.key)) {
       o.emit({ type: "watch-unchanged", time: Date.now(), cycle: run.cycle, changed: paths, stacks });
       return;

@@ -6,6 +6,7 @@ import { execFileSync } from "node:child_process";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { attr, drawnStatuses, drawnSteps, hasClass, openReport, screenshot, text } from "../helpers/browser.js";
 import { dbuild, stacksOf, startDbuild } from "../helpers/cli.js";
 import { makeVmProject, type VmProject } from "../helpers/vmproject.js";
 import { killQemuOf, qemuOf } from "../helpers/processes.js";
@@ -115,7 +116,8 @@ describe("dbuild all on a three-level tree", () => {
   it("a failing install exits non-zero, publishes nothing, shows the log tail; --keep-going finishes the other branch", async () => {
     await p.layer("bad", 'echo "about to fail: marker-42"\nexit 3');
     await p.layer("d", "echo d > /etc/dbuild-d");
-    const r = await dbuild(["build", "micro:bad", "micro:a:d", "--keep-going", "--progress", "plain"], { cwd: p.root });
+    const trace = path.join(p.root, "trace.json");
+    const r = await dbuild(["build", "micro:bad", "micro:a:d", "--keep-going", "--progress", "plain", "--trace", trace], { cwd: p.root });
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/micro:bad: FAILED in step install \(exit code 3\)/);
     expect(r.stdout).toContain("marker-42");
@@ -123,6 +125,32 @@ describe("dbuild all on a three-level tree", () => {
     expect(r.stdout).toMatch(/micro:a:d: done/);
     await expect(fs.lstat(path.join(p.root, "build", "micro:bad.qcow2"))).rejects.toThrow();
     expect(await fs.readdir(path.join(p.root, "build", ".dbuild", "tmp"))).toEqual([]);
+    // The report shows the failure and opens on its log; the other branch is fresh.
+    const rep = await openReport(path.join(p.root, "build", "report.html"));
+    try {
+      expect(rep.errors).toEqual([]);
+      const statuses = await drawnStatuses(rep.page);
+      expect(statuses).toMatchObject({ "micro:bad": "failed", "micro:a:d": "fresh", micro: "fresh", "micro:a": "fresh" });
+      expect(await text(rep.page, "#banner")).toMatch(/FAILED/);
+      const failure = await text(rep.page, '#failures .failure[data-stack="micro:bad"]').then((t) => t ?? "");
+      expect(failure).toContain("failed in step install (exit code 3)");
+      expect(failure).toContain("marker-42");
+      expect(await attr(rep.page, "#panel", "data-stack")).toBe("micro:bad");
+      expect(await text(rep.page, "#panel pre.log-install")).toContain("about to fail: marker-42");
+      expect(await text(rep.page, "#panel pre.log-console")).not.toMatch(/^\(no console/);
+      const steps = await drawnSteps(rep.page);
+      expect(steps["micro:bad"]).toEqual(["boot", "rsync", "install"]);
+      expect(await hasClass(rep.page, '.row[data-stack="micro:bad"] .seg[data-step="install"]', "bad")).toBe(true);
+      console.log(`failed build report screenshot: ${await screenshot(rep.page, "report-failed")}`);
+    } finally {
+      await rep.close();
+    }
+    // --trace: the same build for Perfetto / chrome://tracing.
+    const t = JSON.parse(await fs.readFile(trace, "utf8")) as { traceEvents: Array<{ name: string; ph: string; cat?: string; args?: Record<string, unknown> }> };
+    // (micro and micro:a too when this test runs alone: then this build makes them first)
+    expect(t.traceEvents.filter((e) => e.ph === "X" && e.cat === "node").map((e) => e.name)).toEqual(expect.arrayContaining(["micro:a:d", "micro:bad"]));
+    expect(t.traceEvents.find((e) => e.cat === "failure")).toMatchObject({ name: "failed in install" });
+    expect(t.traceEvents.find((e) => e.cat === "node" && e.name === "micro:a:d")!.args!.vmCpuSeconds).toBeGreaterThan(0);
   });
 
   it("SIGINT during an install leaves no QEMU process and no partial image; the next run succeeds", async () => {

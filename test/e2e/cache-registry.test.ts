@@ -75,7 +75,7 @@ describe("a registry shared by two copies of a project", () => {
     const r = await run(p1, "all", "--cache-to", reg.url);
     expect(r.code, r.stderr + r.stdout.slice(-3000)).toBe(0);
     expect(stacksOf(r, "node-done").sort()).toEqual(STACKS);
-    const pushes = r.events.filter((e) => e.type === "step" && e.step === "publish" && String(e.detail).startsWith("pushed"));
+    const pushes = r.events.filter((e) => e.type === "step-done" && e.step === "push" && e.ok === true && String(e.detail).startsWith("pushed"));
     expect(pushes.map((e) => e.stack).sort()).toEqual(STACKS);
     expect(r.events.filter((e) => e.type === "warning")).toEqual([]);
     // the other copy has the same keys: everything is cached there, from the remote, estimated by its transfer

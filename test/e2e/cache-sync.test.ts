@@ -219,7 +219,7 @@ describe("the CLI with the cache in demobuild.yaml (base layers only, no VM)", (
     const one = await baseProject("yaml1", url);
     const first = await cli(one, "all");
     expect(first.code, first.stderr).toBe(0);
-    expect(first.events.filter((e) => e.type === "step" && String(e.detail).startsWith("pushed")).length).toBe(3);
+    expect(first.events.filter((e) => e.type === "step-done" && e.step === "push" && String(e.detail).startsWith("pushed")).length).toBe(3);
     // CI runs each shard on its own runner, from the same plan: one fresh copy per shard.
     const a = await baseProject("yaml-shard-a", reg.url.replace(/\/sync$/, "/shards"));
     const b = await baseProject("yaml-shard-b", reg.url.replace(/\/sync$/, "/shards"));

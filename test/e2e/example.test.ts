@@ -7,10 +7,13 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { dbuild, repoRoot, stacksOf } from "../helpers/cli.js";
+import { drawnStatuses, drawnSteps, openReport, screenshot, text } from "../helpers/browser.js";
+import { dbuild, repoRoot, stacksOf, type CliResult } from "../helpers/cli.js";
 import { killQemuOf } from "../helpers/processes.js";
 
 let root: string;
+/** The first (full) build's events: the build the report's timeline shows. */
+let first: CliResult | undefined;
 
 beforeAll(async () => {
   root = await fs.mkdtemp(path.join(os.tmpdir(), "dbuild-example-"));
@@ -30,6 +33,7 @@ describe("the example project", () => {
     expect(targets.length).toBeGreaterThanOrEqual(4);
     const r = await dbuild(["all", "--progress", "json"], { cwd: root });
     expect(r.code, r.stderr + r.stdout.slice(-4000)).toBe(0);
+    first = r;
     const done = stacksOf(r, "node-done");
     // Shared prefixes are built once.
     expect(done.filter((s) => s === "micro")).toHaveLength(1);
@@ -50,6 +54,35 @@ describe("the example project", () => {
     const r = await dbuild(["all", "--progress", "json"], { cwd: root });
     expect(r.code).toBe(0);
     expect(stacksOf(r, "node-start")).toEqual([]);
+  });
+
+  it("build/report.html shows every node fresh and every step of the last build (a no-op build keeps it)", async () => {
+    expect(first, "needs the first build").toBeDefined();
+    const plan = JSON.parse((await dbuild(["plan", "--json"], { cwd: root })).stdout) as { nodes: Array<{ stack: string }> };
+    const rep = await openReport(path.join(root, "build", "report.html"));
+    try {
+      expect(rep.errors).toEqual([]);
+      expect(rep.requests).toEqual([]);
+      console.log(`example report screenshot: ${await screenshot(rep.page, "report-example")}`);
+      expect(await drawnStatuses(rep.page)).toEqual(Object.fromEntries(plan.nodes.map((n) => [n.stack, "fresh"])));
+      // Every step the first build ran, per node, in order, is a segment of that node's row.
+      const steps = new Map<string, string[]>();
+      for (const e of first!.events.filter((x) => x.type === "step-done")) steps.set(String(e.stack), [...(steps.get(String(e.stack)) ?? []), String(e.step)]);
+      expect(steps.size).toBe(plan.nodes.length);
+      expect(await drawnSteps(rep.page)).toEqual(Object.fromEntries(steps));
+      expect([...steps.values()].flat()).toEqual(expect.arrayContaining(["install-host", "boot", "rsync", "install", "cleanup", "poweroff", "publish", "convert"]));
+      const card = (k: string): Promise<string> => text(rep.page, `#summary .card[data-k="${k}"] .v`).then((t) => t ?? "");
+      expect(await card("built")).toBe(String(plan.nodes.length));
+      expect(await card("cpu")).toMatch(/^\d/); // VM CPU time was measured
+      expect(await card("cpu")).not.toBe("0.0 s");
+      // A node's log opens on click: the install output and the serial console.
+      await rep.page.click('.row[data-stack="micro:web"]');
+      expect(await text(rep.page, "#panel pre.log-install")).toMatch(/# install\n/);
+      expect(await text(rep.page, "#panel pre.log-console")).not.toMatch(/^\(no console/);
+      console.log(`example report with a log open: ${await screenshot(rep.page, "report-example-log")}`);
+    } finally {
+      await rep.close();
+    }
   });
 
   it("the web layer's image serves its page at boot", async () => {

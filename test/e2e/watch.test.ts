@@ -7,6 +7,7 @@ import type { ChildProcess } from "node:child_process";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { reportData } from "../helpers/browser.js";
 import { dbuild, startDbuild, type CliResult } from "../helpers/cli.js";
 import { makeVmProject, type VmProject } from "../helpers/vmproject.js";
 import { killQemuOf, qemuOf } from "../helpers/processes.js";
@@ -109,6 +110,17 @@ describe("dbuild watch layers/b", () => {
     expect(done, JSON.stringify(w.events.slice(at))).toMatchObject({ type: "watch-cycle-done", outcome: "done", built: ["micro:a:b"] });
     expect(w.since(at, "watch-cycle")).toEqual([expect.objectContaining({ changed: ["layers/b/target/install"], stacks: ["micro:a:b"], rebuilding: ["micro:a:b"] })]);
     expect(w.since(at, "node-start").map((e) => e.stack)).toEqual(["micro:a:b"]);
+    // build/report.html is rewritten after the cycle: its last build is this one.
+    const cycleAt = Number(w.since(at, "watch-cycle")[0]!.time);
+    const report = path.join(p.root, "build", "report.html");
+    let data: Awaited<ReturnType<typeof reportData>> | undefined;
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline; await sleep(200)) {
+      data = await reportData(report).catch(() => undefined);
+      if (data && data.generatedAt >= Number(done.time) && (data.build?.start ?? 0) >= cycleAt) break;
+    }
+    expect(data?.build?.rows.map((r) => r.stack)).toEqual(["micro:a:b"]);
+    expect(data!.nodes.find((n) => n.stack === "micro:a:b")).toMatchObject({ status: "fresh", outcome: "built" });
+    expect(data!.live).toBe(false);
     // Quiet afterwards: no second cycle for the same save.
     await sleep(1500);
     expect(w.since(end, "watch-cycle")).toEqual([]);

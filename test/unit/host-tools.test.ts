@@ -40,6 +40,7 @@ const PROVIDER: Record<string, string> = {
   xmllint: "libxml2-utils",
   busybox: "busybox-static",
   pgrep: "procps",
+  chromium: "chromium",
   // "essential": from a package that is Essential or of Priority required, so on every Debian system
   // (even a minbase container); setup.sh need not list it.
   "apt-get": "essential",

@@ -17,7 +17,7 @@ describe("watch text output", () => {
     const out = render([
       { type: "watch-cycle", time: t, cycle: 2, changed: ["layers/web/target/install"], stacks: ["micro:web:openstack"], rebuilding: ["micro:web", "micro:web:openstack"] },
       { type: "build-start", time: t, stale: ["micro:web", "micro:web:openstack"], fresh: ["micro"], jobs: 2 },
-      { type: "node-start", time: t, stack: "micro:web", layer: "web", kind: "intermediate" },
+      { type: "node-start", time: t, stack: "micro:web", layer: "web", kind: "intermediate", key: "k" },
       { type: "output", time: t, stack: "micro:web", stream: "stdout", line: "noise" },
       { type: "node-done", time: t, stack: "micro:web", duration: 3, image: "build/micro:web.qcow2" },
       { type: "watch-cycle-done", time: t, cycle: 2, outcome: "done", built: ["micro:web", "micro:web:openstack"], failed: [], duration: 6.24 },

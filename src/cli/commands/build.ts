@@ -10,11 +10,13 @@ import type { Project } from "../../project/types.js";
 import type { BuildEvent, Reporter } from "../../report/events.js";
 import { MultiReporter } from "../../report/events.js";
 import { JunitReporter } from "../../report/junit.js";
+import { writeChromeTrace } from "../../report/trace.js";
+import { ReportWriter } from "../../report/writer.js";
 import { Store } from "../../store/store.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { DbuildError } from "../../util/errors.js";
 import { parseShard, shardSelect } from "../../cache/shard.js";
-import { interruptController, lockBuildDir, makeReporter, parseJobs, projectRoot, runPlan } from "../shared.js";
+import { interruptController, lockBuildDir, makeReporter, parseJobs, projectRoot, runPlan, warnReport } from "../shared.js";
 
 export interface BuildCliOptions {
   jobs?: string;
@@ -30,6 +32,7 @@ export interface BuildCliOptions {
   shard?: string;
   cold?: boolean;
   force?: boolean;
+  trace?: string;
 }
 
 export function addBuildOptions(cmd: Command): Command {
@@ -42,6 +45,7 @@ export function addBuildOptions(cmd: Command): Command {
     .option("--dot", "with --dry-run: the plan as Graphviz")
     .option("--progress <mode>", "tty | plain | json (default: tty on a terminal, else plain)")
     .option("--junit <file>", "also write a JUnit XML report, one testcase per node")
+    .option("--trace <file>", "also write the build as a Chrome trace (Trace Event Format: Perfetto, chrome://tracing)")
     .option("--cache-from <url>", "pull stale nodes from this OCI cache (oci://HOST[:PORT]/REPO) instead of building them")
     .option("--cache-to <url>", "push every node built to this OCI cache (a failed push is a warning)")
     .option("--shard <i/n>", "build only share I of N of the stale nodes (CI; use with a shared cache)")
@@ -89,9 +93,11 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
   const jobs = parseJobs(o.jobs, project);
   const shard = o.shard !== undefined ? parseShard(o.shard) : undefined;
   const store = new Store(project.settings.buildDir);
+  const report = new ReportWriter({ root, store, onError: warnReport });
   const reporter = new MultiReporter([
     makeReporter(o.progress),
     ...(o.junit ? [new JunitReporter(o.junit)] : []),
+    report,
     ...(extras.reporters ?? []),
   ]);
   installVmCleanupHandlers();
@@ -104,6 +110,7 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
       const keep = shardSelect(plan.nodes, shard);
       for (const n of plan.nodes) if (n.status !== "fresh" && !keep.has(n.stack)) n.status = "fresh";
     }
+    report.setPlan(plan);
     const emit = (e: BuildEvent): void => reporter.event(e);
     const cache = cacheHooks(project, plan, store, o, emit, intr.signal);
     const res = await build(project, plan, store, {
@@ -118,6 +125,9 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
     });
     // Pushes run behind the build; a failed one is a warning and never changes the build's exit code.
     await cache.drain();
+    await report.finish();
+    const trace = report.recorder.trace();
+    if (o.trace && trace) writeChromeTrace(o.trace, trace);
     return res.interrupted ? 130 : res.ok ? 0 : 1;
   } finally {
     intr.dispose();

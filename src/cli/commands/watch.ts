@@ -19,7 +19,8 @@ import type { WatchEvent } from "../../watch/events.js";
 import { WatchSession } from "../../watch/session.js";
 import { resolveWatchPaths } from "../../watch/watcher.js";
 import { statePath, type RunState } from "../../vm/run-state.js";
-import { interruptController, lockBuildDir, parseJobs, projectRoot } from "../shared.js";
+import { interruptController, lockBuildDir, parseJobs, projectRoot, warnReport } from "../shared.js";
+import { ReportWriter } from "../../report/writer.js";
 
 export interface WatchCliOptions {
   /** --stack (repeatable): build these stacks instead of the targets containing the layer. */
@@ -120,6 +121,8 @@ export class WatchTextRenderer {
       case "build-start":
       case "node-start":
       case "step":
+      case "step-done":
+      case "vm-usage":
       case "output":
       case "node-done":
       case "node-skipped":
@@ -168,12 +171,16 @@ export async function runWatch(root: string, paths: string[], o: WatchCliOptions
     process.stdout.write(s);
   };
   const text = new WatchTextRenderer(write, o.verbose ?? false, mode === "tty");
+  const store = new Store(project.settings.buildDir);
+  const report = new ReportWriter({ root: absRoot, store, onError: warnReport });
   const emit = (e: WatchEvent | BuildEvent): void => {
     if (e.type === "watch-shell") writeRunState(e);
     if (mode === "json") write(JSON.stringify(e) + "\n");
     else text.event(e);
+    if (!e.type.startsWith("watch-")) report.event(e as BuildEvent);
+    // After each cycle, build/report.html shows it (a cancelled one is superseded by the next cycle).
+    else if (e.type === "watch-cycle-done" && e.outcome !== "cancelled") void report.finish();
   };
-  const store = new Store(project.settings.buildDir);
   installVmCleanupHandlers();
   const release = await lockBuildDir(store);
   const intr = interruptController();
@@ -187,11 +194,14 @@ export async function runWatch(root: string, paths: string[], o: WatchCliOptions
       jobs,
       debounceMs,
       emit,
+      onPlan: (plan) => report.setPlan(plan),
       signal: intr.signal,
     }).run();
     return 130;
   } finally {
     intr.dispose();
+    report.close();
+    await report.settled();
     await store.cleanTmp().catch(() => undefined);
     await release().catch(() => undefined);
   }

@@ -8,6 +8,7 @@ import type { PlanNode } from "../../model/plan.js";
 import type { Layer, Project } from "../../project/types.js";
 import type { ProxyCounters, Step } from "../../report/events.js";
 import type { Store } from "../../store/store.js";
+import type { VmUsage } from "../../vm/types.js";
 import type { BuildProxy } from "../build-proxy.js";
 import type { NodeLog } from "../node-log.js";
 import type { WarmMode } from "../warm-start.js";
@@ -35,6 +36,8 @@ export interface RunContext {
   proxy: BuildProxy;
   /** What this node's downloads through the package cache came to (shown in its node-done event). */
   countProxy: (counters: ProxyCounters | undefined) => void;
+  /** A build VM stopped (powered off or killed): its pid and what it used (a `vm-usage` event). */
+  vmStopped: (pid: number, usage: VmUsage) => void;
 }
 
 /** What a finalizing node adds to its record. */

@@ -98,12 +98,16 @@ export const vmCycleRunner: NodeRunner = {
       vm = started.vm;
       for (const step of GUEST_STEPS) await step(ctx, vm, np);
       await powerOff(ctx, vm);
+      ctx.vmStopped(vm.pid, vm.usage());
       vm = undefined;
       // One delta over the parent, whatever the VM started from.
       await started.finish(ctx.signal);
       ctx.countProxy(np?.counters());
     } finally {
-      if (vm) await vm.kill();
+      if (vm) {
+        await vm.kill();
+        ctx.vmStopped(vm.pid, vm.usage());
+      }
       await started?.release();
       await np?.close();
       await fs.rm(runDir, { recursive: true, force: true });
