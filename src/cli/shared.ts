@@ -68,6 +68,11 @@ export async function lockBuildDir(store: Store): Promise<() => Promise<void>> {
   }
 }
 
+/** Is a dbuild building in this build dir now (holding the lock lockBuildDir takes)? */
+export async function buildDirLocked(store: Store): Promise<boolean> {
+  return lockfile.check(store.internalDir, { stale: 30_000, realpath: false }).catch(() => false);
+}
+
 /** Ctrl-C / SIGTERM abort the build: running VMs are stopped, nothing half-built is published. */
 export function interruptController(): { signal: AbortSignal; dispose: () => void } {
   const ac = new AbortController();

@@ -42,6 +42,8 @@ export interface BuildVmRequest {
   note: (message: string) => void;
   /** A line for the node's log. */
   log: (message: string) => void;
+  /** The copy-on-write child is made and QEMU is about to start (the build's boot step begins). */
+  booting?: () => void;
 }
 
 export interface BuildVm {
@@ -64,6 +66,7 @@ export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
   const plain = async (): Promise<BuildVm> => {
     await fs.rm(r.tmpImage, { force: true });
     await childOf(parentPath, r.tmpImage);
+    r.booting?.();
     const vm = await startVm(base);
     return { vm, start: "booted", finish: nothing, release: nothing };
   };
@@ -93,6 +96,7 @@ export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
   if (found.snap) {
     const snap = found.snap;
     await childOf(snap.boot, r.tmpImage);
+    r.booting?.();
     try {
       const vm = await startVm({ ...base, mac: snap.meta.mac, resume: { stateFile: snap.state, ip: snap.meta.ip } });
       try {
@@ -118,6 +122,7 @@ export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
   let vm: QemuVm | undefined;
   try {
     await childOf(parentPath, boot);
+    r.booting?.();
     vm = await startVm({ ...base, disk: boot });
     const qmp = vm.qmp;
     if (!qmp) throw new Error("no QMP connection");

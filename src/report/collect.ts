@@ -4,6 +4,7 @@
  * Reads files only (records, stats, log tails); renders nothing.
  */
 import * as fs from "node:fs/promises";
+import { closeSync, fstatSync, lstatSync, openSync, readdirSync, readSync } from "node:fs";
 import * as path from "node:path";
 import type { NodeKey, Plan, PlanNode } from "../model/plan.js";
 import type { NodeRecord } from "../model/store.js";
@@ -66,7 +67,8 @@ export async function collectReport(o: CollectOptions): Promise<ReportData> {
   const live = o.live ?? false;
   const planBeforeBuild = o.planBeforeBuild ?? false;
   const last = new Map((o.trace?.nodes ?? []).map((n) => [n.stack, n]));
-  const sizes = new SizeCache(o.store);
+  const objects = objectSizes(o.store.objectsDir);
+  const sizes = new SizeCache(o.store, objects);
   const logNames = new Set(await fs.readdir(o.store.logsDir).catch(() => [] as string[]));
   const targets = new Set(o.plan.targets);
 
@@ -100,7 +102,7 @@ export async function collectReport(o: CollectOptions): Promise<ReportData> {
         out.outcome = t.outcome;
         if (t.failure && status === "failed") out.failure = t.failure;
       }
-      const log = await readLogs(o.store, n.stack, logNames);
+      const log = readLogs(o.store, n.stack, logNames);
       if (log) out.log = log;
       return out;
     }),
@@ -113,7 +115,7 @@ export async function collectReport(o: CollectOptions): Promise<ReportData> {
     buildDir: o.store.buildDir,
     live,
     nodes,
-    store: await storeUsage(o.store.objectsDir),
+    store: { bytes: [...objects.values()].reduce((a, b) => a + b, 0), objects: objects.size },
   };
   if (o.trace) data.build = await buildSummary(o.trace, o.store, sizes, now);
   return data;
@@ -204,22 +206,16 @@ function nodeEnd(r: TimelineRow): number {
   return own.length ? Math.max(...own.map((s) => s.end)) : r.end;
 }
 
-/** On-disk (allocated) sizes of objects, each stat'ed once; images sum their backing chain. */
+/** On-disk (allocated) sizes of objects, from one listing of the objects dir; images sum their backing chain. */
 class SizeCache {
-  private readonly stats = new Map<string, Promise<number | undefined>>();
   private readonly images = new Map<string, Promise<number | undefined>>();
-  constructor(private readonly store: ReportStore) {}
+  constructor(
+    private readonly store: ReportStore,
+    private readonly objects: ReadonlyMap<string, number>,
+  ) {}
 
   file(name: string): Promise<number | undefined> {
-    let p = this.stats.get(name);
-    if (!p) {
-      p = fs.stat(this.store.objectPath(name)).then(
-        (st) => st.blocks * 512,
-        () => undefined,
-      );
-      this.stats.set(name, p);
-    }
-    return p;
+    return Promise.resolve(this.objects.get(name));
   }
 
   private image(rec: NodeRecord): Promise<number | undefined> {
@@ -247,33 +243,44 @@ class SizeCache {
   }
 }
 
-async function storeUsage(objectsDir: string): Promise<{ bytes: number; objects: number }> {
-  const names = await fs.readdir(objectsDir).catch(() => [] as string[]);
-  const sizes = await Promise.all(
-    names.map((n) =>
-      fs.lstat(path.join(objectsDir, n)).then(
-        (st) => (st.isFile() ? st.blocks * 512 : undefined),
-        () => undefined,
-      ),
-    ),
-  );
-  const files = sizes.filter((s): s is number => s !== undefined);
-  return { bytes: files.reduce((a, b) => a + b, 0), objects: files.length };
+/**
+ * Object file name -> bytes allocated on disk, for every file in the objects dir (the store's size, and
+ * each image's). One synchronous pass: a thousand small stat calls cost far less that way than as
+ * promises, and the report is written at most every few seconds.
+ */
+function objectSizes(objectsDir: string): Map<string, number> {
+  const out = new Map<string, number>();
+  let names: string[];
+  try {
+    names = readdirSync(objectsDir);
+  } catch {
+    return out;
+  }
+  for (const n of names) {
+    try {
+      const st = lstatSync(path.join(objectsDir, n));
+      if (st.isFile()) out.set(n, st.blocks * 512);
+    } catch {
+      // removed meanwhile (gc)
+    }
+  }
+  return out;
 }
 
-async function readLogs(store: ReportStore, stack: string, names: Set<string>): Promise<ReportNode["log"]> {
+function readLogs(store: ReportStore, stack: string, names: Set<string>): ReportNode["log"] {
   const install = `${stack}.log`;
   const consoleLog = `${stack}.console.log`;
   const out: NonNullable<ReportNode["log"]> = {};
   const rel = (n: string): string => path.relative(store.buildDir, path.join(store.logsDir, n));
-  if (names.has(install)) {
-    const t = await tail(path.join(store.logsDir, install), INSTALL_TAIL);
+  const t = names.has(install) ? tail(path.join(store.logsDir, install), INSTALL_TAIL) : undefined;
+  if (t) {
     out.install = t.text;
     out.installPath = rel(install);
     if (t.truncated) out.truncated = true;
   }
-  if (names.has(consoleLog)) {
-    out.console = (await tail(path.join(store.logsDir, consoleLog), CONSOLE_TAIL)).text;
+  const c = names.has(consoleLog) ? tail(path.join(store.logsDir, consoleLog), CONSOLE_TAIL) : undefined;
+  if (c) {
+    out.console = c.text;
     out.consolePath = rel(consoleLog);
   }
   return out.installPath || out.consolePath ? out : undefined;
@@ -282,20 +289,28 @@ async function readLogs(store: ReportStore, stack: string, names: Set<string>): 
 // eslint-disable-next-line no-control-regex -- terminal escapes and control characters are the point
 const NOISE = /\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/g;
 
-/** The last lines of a file (reads at most `bytes` from its end), without terminal control noise. */
-export async function tail(file: string, lim: { bytes: number; lines: number }): Promise<{ text: string; truncated: boolean }> {
-  const fh = await fs.open(file, "r");
+/**
+ * The last lines of a file (reads at most `bytes` from its end), without terminal control noise; undefined
+ * if it cannot be read. Synchronous, like objectSizes(): a report reads a few thousand small logs.
+ */
+export function tail(file: string, lim: { bytes: number; lines: number }): { text: string; truncated: boolean } | undefined {
+  let fd: number;
   try {
-    const { size } = await fh.stat();
+    fd = openSync(file, "r");
+  } catch {
+    return undefined;
+  }
+  try {
+    const size = fstatSync(fd).size;
     const len = Math.min(size, lim.bytes);
     const buf = Buffer.alloc(len);
-    await fh.read(buf, 0, len, size - len);
+    readSync(fd, buf, 0, len, size - len);
     let lines = buf.toString("utf8").replace(/\r\n?/g, "\n").replace(NOISE, "").split("\n");
     if (size > len) lines = lines.slice(1); // the first line is cut
     if (lines.at(-1) === "") lines.pop();
     const truncated = size > len || lines.length > lim.lines;
     return { text: lines.slice(-lim.lines).join("\n"), truncated };
   } finally {
-    await fh.close();
+    closeSync(fd);
   }
 }

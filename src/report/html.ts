@@ -1,7 +1,7 @@
 /**
  * build/report.html: one self-contained page (no server, no network, no CDN) that works from file://
  * and as a CI artifact. The page is this template, the report data as JSON, the graph-layout library
- * (@dagrejs/dagre, its browser build, with its licence) and the viewer script (src/report/viewer/),
+ * (d3-hierarchy, its browser build, with its licence) and the viewer script (src/report/viewer/),
  * all inline.
  */
 import { readFileSync, existsSync } from "node:fs";
@@ -10,7 +10,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ReportData } from "./model.js";
 
-let assets: { dagre: string; viewer: string } | undefined;
+let assets: { layout: string; viewer: string } | undefined;
 
 /** The viewer is compiled by its own tsconfig next to this module; from src/ (tests) it is under dist/. */
 function viewerPath(): string {
@@ -22,14 +22,15 @@ function viewerPath(): string {
   throw new Error(`the report viewer is not built (${beside}): run npm run build`);
 }
 
-function loadAssets(): { dagre: string; viewer: string } {
+function loadAssets(): { layout: string; viewer: string } {
   if (!assets) {
     const require = createRequire(import.meta.url);
-    const dir = path.join(path.dirname(require.resolve("@dagrejs/dagre/package.json")), "dist");
-    const licence = readFileSync(path.join(dir, "dagre.min.js.LEGAL.txt"), "utf8");
-    const dagre = readFileSync(path.join(dir, "dagre.min.js"), "utf8").replace(/\/\/# sourceMappingURL=.*$/m, "");
+    // The package exports only its modules (dist/d3-hierarchy.mjs); the browser build sits beside them.
+    const dist = path.dirname(require.resolve("d3-hierarchy"));
+    const licence = readFileSync(path.join(dist, "..", "LICENSE"), "utf8");
+    const layout = readFileSync(path.join(dist, "d3-hierarchy.min.js"), "utf8").replace(/\/\/# sourceMappingURL=.*$/m, "");
     assets = {
-      dagre: `/* @dagrejs/dagre (browser build), inlined. Its licence:\n${licence.replace(/\*\//g, "* /")}\n*/\n${dagre}`,
+      layout: `/* d3-hierarchy (browser build), inlined. Its licence (ISC):\n${licence.replace(/\*\//g, "* /")}\n*/\n${layout}`,
       viewer: readFileSync(viewerPath(), "utf8").replace(/\/\/# sourceMappingURL=.*$/m, ""),
     };
   }
@@ -81,7 +82,7 @@ export function renderReportHtml(data: ReportData): string {
 </main>
 <aside id="panel" hidden><button id="panel-close" type="button" aria-label="close">×</button><div id="panel-body"></div></aside>
 <script id="dbuild-data" type="application/json">${scriptJson(data)}</script>
-<script>${scriptText(a.dagre)}</script>
+<script>${scriptText(a.layout)}</script>
 <script>${scriptText(a.viewer)}</script>
 </body>
 </html>

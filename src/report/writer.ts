@@ -77,14 +77,7 @@ export class ReportWriter implements Reporter {
         break;
       case "build-done":
         this.running = false;
-        // A build with nothing to do keeps the last build that did something as "the last build".
-        if (ranAnything(t)) {
-          try {
-            saveTrace(this.traceFile, t);
-          } catch (err) {
-            this.o.onError(`could not record the build in ${this.traceFile}: ${errorMessage(err)}`);
-          }
-        }
+        this.save(t);
         break;
       case "step":
       case "step-done":
@@ -96,6 +89,16 @@ export class ReportWriter implements Reporter {
         break;
       default:
         unreachable(e);
+    }
+  }
+
+  /** Keeps the build as build/.dbuild/last-build.json; one with nothing to do keeps the last that did something. */
+  private save(t: BuildTrace): void {
+    if (!ranAnything(t)) return;
+    try {
+      saveTrace(this.traceFile, t);
+    } catch (err) {
+      this.o.onError(`could not record the build in ${this.traceFile}: ${errorMessage(err)}`);
     }
   }
 
@@ -132,11 +135,16 @@ export class ReportWriter implements Reporter {
     }
   }
 
-  /** The final report of a build or watch cycle (after build-done); resolves once it is written. */
+  /**
+   * The final report of a build or watch cycle (after build-done, and after the pushes that run behind
+   * it: the recorded build is saved again with them); resolves once it is written.
+   */
   finish(): Promise<void> {
     clearTimeout(this.timer);
     this.timer = undefined;
     this.running = false;
+    const t = this.recorder.trace();
+    if (t?.end !== undefined) this.save(t);
     return this.enqueue(false);
   }
 

@@ -3,6 +3,7 @@
  * With `--progress json` both kinds are written as NDJSON, one object per line; every watch event's
  * `type` starts with `watch-`. See docs/watch.md.
  */
+import type { BuildEvent } from "../report/events.js";
 import type { Problem } from "../util/errors.js";
 
 export type WatchOutcome = "done" | "failed" | "cancelled" | "up-to-date";
@@ -24,3 +25,8 @@ export type WatchEvent =
   /** The previous shell VM was stopped (a rebuild starts, or the session ends). */
   | { type: "watch-shell-stopped"; time: number; stack: string; pid: number }
   | { type: "watch-stop"; time: number };
+
+/** Tells the two kinds of event a watch session emits apart (every watch event's type starts with `watch-`). */
+export function isWatchEvent(e: WatchEvent | BuildEvent): e is WatchEvent {
+  return e.type.startsWith("watch-");
+}

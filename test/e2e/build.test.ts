@@ -139,7 +139,7 @@ describe("dbuild all on a three-level tree", () => {
       expect(await text(rep.page, "#panel pre.log-install")).toContain("about to fail: marker-42");
       expect(await text(rep.page, "#panel pre.log-console")).not.toMatch(/^\(no console/);
       const steps = await drawnSteps(rep.page);
-      expect(steps["micro:bad"]).toEqual(["boot", "rsync", "install"]);
+      expect(steps["micro:bad"]).toEqual(["cow", "boot", "rsync", "install"]);
       expect(await hasClass(rep.page, '.row[data-stack="micro:bad"] .seg[data-step="install"]', "bad")).toBe(true);
       console.log(`failed build report screenshot: ${await screenshot(rep.page, "report-failed")}`);
     } finally {

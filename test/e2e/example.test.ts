@@ -70,7 +70,7 @@ describe("the example project", () => {
       for (const e of first!.events.filter((x) => x.type === "step-done")) steps.set(String(e.stack), [...(steps.get(String(e.stack)) ?? []), String(e.step)]);
       expect(steps.size).toBe(plan.nodes.length);
       expect(await drawnSteps(rep.page)).toEqual(Object.fromEntries(steps));
-      expect([...steps.values()].flat()).toEqual(expect.arrayContaining(["install-host", "boot", "rsync", "install", "cleanup", "poweroff", "publish", "convert"]));
+      expect([...steps.values()].flat()).toEqual(expect.arrayContaining(["install-host", "cow", "boot", "rsync", "install", "cleanup", "poweroff", "publish", "convert"]));
       const card = (k: string): Promise<string> => text(rep.page, `#summary .card[data-k="${k}"] .v`).then((t) => t ?? "");
       expect(await card("built")).toBe(String(plan.nodes.length));
       expect(await card("cpu")).toMatch(/^\d/); // VM CPU time was measured

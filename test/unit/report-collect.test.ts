@@ -56,7 +56,10 @@ describe("report status", () => {
   it("maps plan statuses, shows a failure only for the inputs that failed, building only while live", () => {
     const n = { ...node("micro:db") };
     expect(reportStatus(n, undefined, o)).toEqual({ status: "stale" });
-    expect(reportStatus({ ...n, remote: "hit" }, undefined, o)).toEqual({ status: "cached", cachedIn: "remote" });
+    expect(reportStatus({ ...n, status: "cached", source: "store" }, undefined, o)).toEqual({ status: "cached", cachedIn: "store" });
+    expect(reportStatus({ ...n, status: "cached", source: "remote", remote: "hit" }, undefined, o)).toEqual({ status: "cached", cachedIn: "remote" });
+    // A remote hit that does not fit the parent image stays a build.
+    expect(reportStatus({ ...n, remote: "hit" }, undefined, o)).toEqual({ status: "stale" });
     const failed: TraceNode = { stack: n.stack, key: n.key, outcome: "failed", steps: [] };
     expect(reportStatus(n, failed, o).status).toBe("failed");
     expect(reportStatus(n, { ...failed, key: "another" }, o).status).toBe("stale");
@@ -127,13 +130,14 @@ describe("collectReport", () => {
 });
 
 describe("the report page", () => {
-  it("is one self-contained file: data, dagre (with its licence) and the viewer inline, nothing fetched", async () => {
+  it("is one self-contained file: data, d3-hierarchy (with its licence) and the viewer inline, nothing fetched", async () => {
     const data = await collectReport({ root: fx.root, plan, store });
     const html = renderReportHtml(data);
     expect(html).not.toMatch(/<(script|link|img|iframe)\b[^>]*\b(src|href)=/i);
     expect(html).not.toMatch(/@import|url\(/);
-    expect(html).toContain("Chris Pettitt"); // dagre's MIT licence travels with it
-    expect(html).toContain("dagre.layout(g");
+    expect(html).toMatch(/Copyright [0-9-]+ Mike Bostock\s+Permission to use, copy, modify/); // d3-hierarchy's ISC licence travels with it
+    expect(html).toContain("https://d3js.org/d3-hierarchy/");
+    expect(html).toMatch(/d3\s*\.tree\(\)/); // the viewer lays the trees out with it
     // Log text that looks like markup stays data: one </script> only per script element.
     expect(html.match(/<\/script>/g)).toHaveLength(3);
     const json = /<script id="dbuild-data" type="application\/json">(.*?)<\/script>/s.exec(html)![1]!;

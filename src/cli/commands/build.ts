@@ -106,11 +106,12 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
   try {
     await store.cleanTmp();
     const plan = await makePlan(project, f ? f.plan : stacks, store, f ? { force: f.force } : {});
+    // The report shows each node as it is: another shard's share stays stale there (the executor skips it as fresh).
+    report.setPlan(shard ? { ...plan, nodes: plan.nodes.map((n) => ({ ...n })) } : plan);
     if (shard) {
       const keep = shardSelect(plan.nodes, shard);
       for (const n of plan.nodes) if (n.status !== "fresh" && !keep.has(n.stack)) n.status = "fresh";
     }
-    report.setPlan(plan);
     const emit = (e: BuildEvent): void => reporter.event(e);
     const cache = cacheHooks(project, plan, store, o, emit, intr.signal);
     const res = await build(project, plan, store, {

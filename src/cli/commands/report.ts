@@ -4,7 +4,6 @@
  */
 import * as path from "node:path";
 import type { Command } from "commander";
-import lockfile from "proper-lockfile";
 import { makePlan } from "../../plan/planner.js";
 import { loadProject } from "../../project/load.js";
 import { lastBuildPath, loadTrace } from "../../report/build-trace.js";
@@ -13,7 +12,7 @@ import { writeChromeTrace } from "../../report/trace.js";
 import { reportPath, writeReportFile } from "../../report/writer.js";
 import { Store } from "../../store/store.js";
 import { DbuildError } from "../../util/errors.js";
-import { markRemote, projectRoot } from "../shared.js";
+import { buildDirLocked, markRemote, projectRoot } from "../shared.js";
 
 export interface ReportCliOptions {
   output?: string;
@@ -33,7 +32,7 @@ export async function runReport(root: string, stacks: "all" | string[], o: Repor
     );
   }
   // A running build keeps build/report.html up to date itself; a second writer would undo its view.
-  if (file === reportPath(store.buildDir) && (await lockfile.check(store.internalDir, { stale: 30_000, realpath: false }).catch(() => false))) {
+  if (file === reportPath(store.buildDir) && (await buildDirLocked(store))) {
     process.stdout.write(`a build is running in ${store.buildDir}: it keeps ${file} up to date\n`);
   } else {
     const plan = await makePlan(project, stacks, store);

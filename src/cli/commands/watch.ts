@@ -15,7 +15,7 @@ import { failureLines, secs } from "../../report/reporters.js";
 import { Store } from "../../store/store.js";
 import { DbuildError, formatProblem } from "../../util/errors.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
-import type { WatchEvent } from "../../watch/events.js";
+import { isWatchEvent, type WatchEvent } from "../../watch/events.js";
 import { WatchSession } from "../../watch/session.js";
 import { resolveWatchPaths } from "../../watch/watcher.js";
 import { statePath, type RunState } from "../../vm/run-state.js";
@@ -177,7 +177,7 @@ export async function runWatch(root: string, paths: string[], o: WatchCliOptions
     if (e.type === "watch-shell") writeRunState(e);
     if (mode === "json") write(JSON.stringify(e) + "\n");
     else text.event(e);
-    if (!e.type.startsWith("watch-")) report.event(e as BuildEvent);
+    if (!isWatchEvent(e)) report.event(e);
     // After each cycle, build/report.html shows it (a cancelled one is superseded by the next cycle).
     else if (e.type === "watch-cycle-done" && e.outcome !== "cancelled") void report.finish();
   };

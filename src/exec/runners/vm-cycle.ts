@@ -1,8 +1,9 @@
 /**
  * An intermediate node: the seed's seven steps, applied to a copy-on-write child of the parent image.
  *
- *   (1)+(2) boot  a VM on a copy-on-write child of the parent: resumed from the parent's warm snapshot
- *                 where one exists (exec/warm-start.ts), else booted; ready once SSH runs commands
+ *   (1) cow       a copy-on-write child of the parent image (or of its warm snapshot's disk)
+ *   (2) boot      a VM on it: resumed from the parent's warm snapshot where one exists
+ *                 (exec/warm-start.ts), else booted; ready once SSH runs commands
  *   (3) rsync     the layer's target/ into a temporary directory in the guest
  *   (4) install   target/install, run there
  *   (5)+(6) cleanup  remove that directory and MAC-address references; sync + fstrim
@@ -120,7 +121,9 @@ async function boot({ project, layer, node, store, log, setStep, warn, signal, t
   if (!parent) throw new StepError("cow", "a VM cycle needs a parent image");
   const s = project.settings;
   const keys = await ensureProjectKey(project.root);
-  setStep("boot");
+  // The copy-on-write child first (over the parent, or over its warm snapshot's disk), then the VM.
+  let step: "cow" | "boot" = "cow";
+  setStep("cow");
   let started: BuildVm;
   try {
     started = await startBuildVm({
@@ -140,9 +143,13 @@ async function boot({ project, layer, node, store, log, setStep, warn, signal, t
       signal,
       note: warn,
       log: (m) => log.note(m),
+      booting: () => {
+        step = "boot";
+        setStep("boot");
+      },
     });
   } catch (e) {
-    throw new StepError("boot", errorMessage(e));
+    throw new StepError(step, errorMessage(e));
   }
   setStep("boot", started.start);
   const vm = started.vm;

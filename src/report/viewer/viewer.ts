@@ -1,8 +1,8 @@
 /**
  * The report viewer: runs in the browser, from build/report.html (file:// or a CI artifact), with no
  * network. Reads the report data from the page, then draws the summary, the failures, the graph
- * (laid out by dagre, one tree per base layer, a few trees per frame so the page stays responsive on
- * big projects), the timeline of the last build, and a details panel with the logs of a node.
+ * (laid out by d3-hierarchy, one tree per base layer, yielding now and then so the page stays
+ * responsive on big projects), the timeline of the last build, and a details panel with the logs of a node.
  *
  * Hooks for tests and scripts: graph nodes are `g.node[data-stack][data-status]`, timeline rows
  * `.row[data-stack]` with segments `.seg[data-step]`, the panel `#panel[data-stack]`. When everything
@@ -21,6 +21,10 @@ interface Window {
 (function main(): void {
   const NODE_W = 212;
   const NODE_H = 72;
+  /** Space between two boxes of one column, and between two columns (stack depths). */
+  const NODE_GAP = 10;
+  const RANK_GAP = 34;
+  const MARGIN = 8;
   const SVG_NS = "http://www.w3.org/2000/svg";
   /** Trees laid out per frame before yielding to the browser (keeps the page responsive). */
   const SLICE_MS = 40;
@@ -193,28 +197,48 @@ interface Window {
     return [...groups.values()];
   }
 
-  /** One tree as SVG markup, laid out by dagre. */
+  /**
+   * One tree as SVG markup, laid out by d3-hierarchy's tidy tree (the DAG of stack prefixes is a forest:
+   * every node has one parent). Left to right: columns are stack depths, children in plan order.
+   */
   function drawTree(nodes: ReportNode[]): { svg: string; width: number; height: number } {
-    const g = new dagre.graphlib.Graph();
-    // Ranks are stack depths (tight-tree ranks a tree by depth); a tree has no crossings to minimise.
-    g.setGraph({ rankdir: "LR", nodesep: 10, ranksep: 34, marginx: 8, marginy: 8, ranker: "tight-tree" });
-    g.setDefaultEdgeLabel(() => ({}));
-    for (const n of nodes) g.setNode(n.stack, { width: NODE_W, height: NODE_H });
-    for (const n of nodes) if (n.parent && byStack.has(n.parent)) g.setEdge(n.parent, n.stack);
-    dagre.layout(g, { disableOptimalOrderHeuristic: true });
-    const width = Math.ceil(g.graph().width ?? 0);
-    const height = Math.ceil(g.graph().height ?? 0);
+    const ids = new Set(nodes.map((n) => n.stack));
+    // Normally the base layer's node is the one root; a partial plan may leave more (then a hidden root joins them).
+    const roots = nodes.filter((n) => !n.parent || !ids.has(n.parent));
+    const hidden = roots.length > 1;
+    type Item = { stack: string; parent: string | null; node?: ReportNode };
+    const items: Item[] = nodes.map((n) => ({ stack: n.stack, parent: n.parent && ids.has(n.parent) ? n.parent : hidden ? "" : null, node: n }));
+    if (hidden) items.unshift({ stack: "", parent: null });
+    const root = d3
+      .tree()
+      .nodeSize([NODE_H + NODE_GAP, NODE_W + RANK_GAP])
+      .separation(() => 1)(
+      d3
+        .stratify<Item>()
+        .id((d) => d.stack)
+        .parentId((d) => d.parent)(items),
+    );
+    const shown: Array<d3.HierarchyPointNode<Item>> = [];
+    root.each((p) => {
+      if (p.data.node) shown.push(p as d3.HierarchyPointNode<Item>);
+    });
+    const skip = hidden ? NODE_W + RANK_GAP : 0;
+    const x0 = Math.min(...shown.map((p) => p.x));
+    const x1 = Math.max(...shown.map((p) => p.x));
+    const cx = (p: d3.HierarchyPointNode<Item>): number => MARGIN + NODE_W / 2 + p.y - skip;
+    const cy = (p: d3.HierarchyPointNode<Item>): number => MARGIN + NODE_H / 2 + p.x - x0;
+    const width = Math.ceil(MARGIN * 2 + NODE_W + Math.max(...shown.map((p) => p.y)) - skip);
+    const height = Math.ceil(MARGIN * 2 + NODE_H + x1 - x0);
     let edges = "";
-    for (const e of g.edges()) {
-      const pts = g.edge(e).points ?? [];
-      if (pts.length < 2) continue;
-      edges += `<path class="edge" d="M${pts.map((p) => `${Math.round(p.x)},${Math.round(p.y)}`).join("L")}"/>`;
+    for (const { source, target } of root.links()) {
+      if (!source.data.node) continue;
+      // An elbow from the parent's right side to the child's left side; siblings share the trunk.
+      const sx = Math.round(cx(source) + NODE_W / 2);
+      const mid = Math.round(sx + RANK_GAP / 2);
+      edges += `<path class="edge" d="M${sx},${Math.round(cy(source))}H${mid}V${Math.round(cy(target))}H${Math.round(cx(target) - NODE_W / 2)}"/>`;
     }
     let body = "";
-    for (const n of nodes) {
-      const l = g.node(n.stack);
-      body += nodeSvg(n, l.x ?? 0, l.y ?? 0);
-    }
+    for (const p of shown) body += nodeSvg(p.data.node!, cx(p), cy(p));
     return { svg: `<svg xmlns="${SVG_NS}" class="tree" width="${width}" height="${height}"><g class="edges">${edges}</g>${body}</svg>`, width, height };
   }
 
