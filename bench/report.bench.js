@@ -2,7 +2,7 @@
 // the store for most nodes, a recorded build of every fresh node (7 steps each, install and console logs)
 // and one failure: the time to write build/report.html (the command as a user runs it, and the writing
 // alone once the plan is made), and the time headless Chromium takes to draw all of it (graph laid out
-// by dagre, timeline, summary). Writes docs/bench/report.md.
+// by d3-hierarchy, timeline, summary). Writes docs/bench/report.md.
 // Run: npm run bench -- report   (after npm run build; imports ../dist)
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -147,14 +147,14 @@ try {
 
 Synthetic project: ${LAYERS} layers, ${TARGETS} targets, ${made.nodes} nodes; ${made.nodes - made.stale.length} with an image
 in the store, ${made.stale.length} stale; a recorded build of ${made.built.length} nodes (7 timed steps each, an install log
-and a console log each) plus one failure. The page is ${(size / 1024 / 1024).toFixed(1)} MiB (data, dagre and the viewer inline).
+and a console log each) plus one failure. The page is ${(size / 1024 / 1024).toFixed(1)} MiB (data, d3-hierarchy and the viewer inline).
 Median of ${ROUNDS} runs.
 
 | what | wall | CPU | goal |
 |---|---|---|---|
 | writing the report once the plan is made (read records, sizes, log tails; render; write) | ${fmt(r.write)} | ${fmt(r.writeCpu)} | < 1 s: ${ok(r.write, 1000)} |
 | \`dbuild report\`, the whole command (node startup, load, plan, write) | ${fmt(r.cmd)} | ${fmt(r.cmdCpu)} | |
-| headless Chromium: navigation start to everything drawn (${drawn.nodes} graph nodes laid out by dagre, ${drawn.rows} timeline rows, ${drawn.segs} step segments) | ${fmt(r.render)} | ${fmt(r.browserCpu)} all Chromium processes; main thread busy ${fmt(r.busy)} (${fmt(r.script)} script) | < 2 s: ${ok(r.render, 2000)} |
+| headless Chromium: navigation start to everything drawn (${drawn.nodes} graph nodes laid out by d3-hierarchy, ${drawn.rows} timeline rows, ${drawn.segs} step segments) | ${fmt(r.render)} | ${fmt(r.browserCpu)} all Chromium processes; main thread busy ${fmt(r.busy)} (${fmt(r.script)} script) | < 2 s: ${ok(r.render, 2000)} |
 | headless Chromium: first contentful paint (summary, failures, timeline) | ${fmt(r.paint)} | | |
 
 Load average when the run ended: ${loadavg()} (on ${os.availableParallelism()} cores). Wall times grow with the load
