@@ -1,7 +1,8 @@
 /**
  * An intermediate node: the seed's seven steps, applied to a copy-on-write child of the parent image.
  *
- *   (1) cow       a copy-on-write child of the parent image (or of its warm snapshot's disk)
+ *   (1) cow       a copy-on-write child of the parent image, or of its warm snapshot's disk (choosing
+ *                 which, i.e. whether a snapshot fits this QEMU and these devices, is part of the step)
  *   (2) boot      a VM on it: resumed from the parent's warm snapshot where one exists
  *                 (exec/warm-start.ts), else booted; ready once SSH runs commands
  *   (3) rsync     the layer's target/ into a temporary directory in the guest

@@ -8,7 +8,7 @@ declare namespace d3 {
     depth: number;
     parent: HierarchyNode<T> | null;
     children?: Array<HierarchyNode<T>>;
-    each(fn: (node: HierarchyNode<T>) => void): this;
+    each(fn: (node: this) => void): this;
     links(): Array<{ source: HierarchyPointNode<T>; target: HierarchyPointNode<T> }>;
   }
   interface HierarchyPointNode<T> extends HierarchyNode<T> {

@@ -220,7 +220,7 @@ interface Window {
     );
     const shown: Array<d3.HierarchyPointNode<Item>> = [];
     root.each((p) => {
-      if (p.data.node) shown.push(p as d3.HierarchyPointNode<Item>);
+      if (p.data.node) shown.push(p);
     });
     const skip = hidden ? NODE_W + RANK_GAP : 0;
     const x0 = Math.min(...shown.map((p) => p.x));
