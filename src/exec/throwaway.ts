@@ -13,6 +13,8 @@ import path from "node:path";
 import type { Project } from "../project/types.js";
 import type { Store } from "../store/store.js";
 import type { QemuVm } from "../vm/qemu.js";
+import type { Login } from "./login.js";
+import { SEED_INSTANCE_ID } from "./login.js";
 import { startImageVm } from "./warm-start.js";
 
 export interface ThrowawayVm {
@@ -31,6 +33,8 @@ export interface ThrowawayOptions {
   /** The image to run: pass the object a view links to, so that a later rebuild does not move it. */
   backing: string;
   keyPath: string;
+  /** Who logs in (exec/login.ts); root with the key in the image when unset. */
+  login?: Login;
   /** Asked for by the user; when unset, a warm snapshot's own size is taken, else the project defaults. */
   mem?: number;
   cpus?: number;
@@ -54,7 +58,13 @@ export async function startThrowawayVm(o: ThrowawayOptions): Promise<ThrowawayVm
       disk,
       ...(o.mem !== undefined ? { mem: o.mem } : {}),
       ...(o.cpus !== undefined ? { cpus: o.cpus } : {}),
-      vm: { keyPath: o.keyPath, serialLog: path.join(dir, "console.log"), runDir: dir },
+      vm: {
+        keyPath: o.keyPath,
+        serialLog: path.join(dir, "console.log"),
+        runDir: dir,
+        ...(o.login ? { user: o.login.user } : {}),
+        ...(o.login?.seed ? { seed: { instanceId: SEED_INSTANCE_ID } } : {}),
+      },
       signal: o.signal,
       note: o.note,
     });

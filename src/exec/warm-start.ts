@@ -36,7 +36,9 @@ export interface BuildVmRequest {
   parentObject: string;
   /** Where the layer's writes go (created here). */
   tmpImage: string;
-  vm: Pick<VmOptions, "mem" | "cpus" | "keyPath" | "serialLog" | "runDir">;
+  vm: Pick<VmOptions, "mem" | "cpus" | "keyPath" | "serialLog" | "runDir" | "user" | "seed">;
+  /** The layer sets `disk:`: grow the child before the VM boots (a plain boot: a resumed guest's RAM knows the old size). */
+  grow?: (file: string) => Promise<void>;
   signal: AbortSignal;
   /** A warm snapshot could not be used or saved (a warning event). */
   note: (message: string) => void;
@@ -66,11 +68,12 @@ export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
   const plain = async (): Promise<BuildVm> => {
     await fs.rm(r.tmpImage, { force: true });
     await childOf(parentPath, r.tmpImage);
+    if (r.grow) await r.grow(r.tmpImage);
     r.booting?.();
     const vm = await startVm(base);
     return { vm, start: "booted", finish: nothing, release: nothing };
   };
-  if (!s.warm.enabled) return plain();
+  if (!s.warm.enabled || r.grow) return plain();
   const parentName = `the warm snapshot of ${r.parentObject.split(".")[0]?.slice(0, 12) ?? r.parentObject}`;
   if (s.network.mode !== "user") {
     const had = await r.warm.find({ object: r.parentObject, mem: 0, cpus: 0, qemu: "", devices: "" });
@@ -170,7 +173,7 @@ export interface ImageVmRequest {
   /** Asked for by the user; when unset, a snapshot's own size is taken, else defaults. */
   mem?: number;
   cpus?: number;
-  vm: Pick<VmOptions, "keyPath" | "serialLog" | "runDir">;
+  vm: Pick<VmOptions, "keyPath" | "serialLog" | "runDir" | "user" | "seed">;
   signal: AbortSignal;
   note: (message: string) => void;
 }

@@ -25,6 +25,15 @@ export const PROJECT_FILE = "demobuild.yaml";
 export const LAYER_FILE = "layer.yaml";
 const TARGET_KEY = /^[A-Z_][A-Z0-9_]*$/;
 
+const UNIT = { M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 } as const;
+
+/** `disk:` in bytes, rounded up to whole MiB: 4G, 512M, 1.5T, or a bare number of GiB. */
+export function parseDiskSize(v: number | string): number {
+  if (typeof v === "number") return Math.ceil((v * UNIT.G) / UNIT.M) * UNIT.M;
+  const unit = v.slice(-1) as keyof typeof UNIT;
+  return Math.ceil((Number(v.slice(0, -1)) * UNIT[unit]) / UNIT.M) * UNIT.M;
+}
+
 /** Settings a tree without demobuild.yaml gets. */
 export function defaultSettings(root: string): ProjectSettings {
   return {
@@ -35,10 +44,11 @@ export function defaultSettings(root: string): ProjectSettings {
     buildVm: { mem: 512, cpus: 1 },
     jobs: Math.max(1, os.availableParallelism()),
     memoryBudget: Math.max(256, Math.floor((os.totalmem() / 1024 / 1024) * 0.75)),
-    timeouts: { boot: 120, install: 1800, shutdown: 60 },
+    timeouts: { boot: 300, install: 1800, shutdown: 60 },
     network: { mode: "user", bridge: "virbr0" },
     accelerator: "auto",
     proxy: { mode: "cache" },
+    ssh: { user: "root" },
     cache: {},
     // A snapshot of a 512 MiB build VM is ~100-300 MiB (RAM in use) plus its boot overlay.
     warm: { enabled: true, maxMiB: 4096 },
@@ -89,6 +99,7 @@ async function loadSettings(root: string, problems: Problem[]): Promise<{ settin
   Object.assign(settings.network, y.network);
   if (y.accelerator !== undefined) settings.accelerator = y.accelerator;
   if (y.proxy !== undefined) settings.proxy = y.proxy === "off" ? { mode: "off" } : { mode: "own", url: y.proxy.replace(/\/$/, "") };
+  if (y.ssh?.user !== undefined) settings.ssh.user = y.ssh.user;
   if (y.cache?.from !== undefined) settings.cache.from = y.cache.from;
   if (y.cache?.to !== undefined) settings.cache.to = y.cache.to;
   Object.assign(settings.warm, y.warm);
@@ -118,8 +129,11 @@ async function loadLayer(root: string, name: string, problems: Problem[]): Promi
     const r = parseYamlFile(text, `${rel}/${LAYER_FILE}`, layerYaml);
     problems.push(...r.problems);
     locate = r.locate;
-    if (r.value) config = r.value;
-    else ok = false;
+    if (r.value) {
+      const { disk, ...rest } = r.value;
+      config = rest;
+      if (disk !== undefined) config.disk = parseDiskSize(disk);
+    } else ok = false;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code !== "ENOENT") {

@@ -9,6 +9,17 @@ const seconds = z.number().positive();
 
 const vmSize = z.strictObject({ mem: count.optional(), cpus: count.optional() });
 
+// A Linux login name (useradd's default NAME_REGEX, plus root).
+const sshSettings = z.strictObject({
+  user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, "expected a login name such as root or debian").optional(),
+});
+
+/** `disk:` a size with a unit (512M, 4G, 1T) or a number of GiB. */
+export const diskSize = z.union([
+  z.number().positive(),
+  z.string().regex(/^[1-9][0-9]*(\.[0-9]+)?[MGT]$/, "expected a size such as 4G, 512M or 1T (or a number of GiB)"),
+]);
+
 export const projectYaml = z.strictObject({
   buildDir: z.string().min(1).optional(),
   defaults: vmSize.optional(),
@@ -27,6 +38,7 @@ export const projectYaml = z.strictObject({
     .string({ error: "expected off, or http://HOST:PORT of your own proxy" })
     .regex(/^(off|http:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}\/?)$/, "expected off, or http://HOST:PORT of your own proxy")
     .optional(),
+  ssh: sshSettings.optional(),
   cache: z
     .strictObject({
       from: z.string().regex(/^oci:\/\/[^/\s]+\/\S+$/, "expected oci://HOST[:PORT]/REPO").optional(),
@@ -61,6 +73,8 @@ export const layerYaml = z.strictObject({
     .regex(/^[A-Za-z0-9][A-Za-z0-9.]*$/, "expected a file extension without the dot, such as qcow2, box, ova")
     .optional(),
   next: z.string().min(1).optional(),
+  ssh: sshSettings.optional(),
+  disk: diskSize.optional(),
   env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "expected an environment variable name"), envValue).optional(),
   // A string or a number (epoch: 2): either way it enters the key as text.
   epoch: z.union([z.string().min(1), z.number()]).transform((v) => String(v)).optional(),

@@ -29,6 +29,8 @@ export interface ProjectSettings {
   network: { mode: NetworkMode; bridge: string };
   accelerator: Accelerator;
   proxy: ProxySetting;
+  /** Login user of build and throwaway VMs unless a layer of the stack says otherwise (default root). */
+  ssh: { user: string };
   /** Optional remote cache URLs (oci://HOST[:PORT]/REPO). */
   cache: { from?: string; to?: string };
   /** Warm starts: build VMs resume from a RAM snapshot of their parent; snapshots use at most maxMiB. */
@@ -52,6 +54,13 @@ export interface LayerConfig {
   extension?: string;
   /** Finalizing layers only: the next step shown to the user; placeholders {OUTPUT} {NAME} {STACK} {MEM} {CPUS}. */
   next?: string;
+  /**
+   * Login user of this layer's image and of every image built on it (until a later layer sets another).
+   * A non-root user gets the project key through the NoCloud seed and runs installs through sudo.
+   */
+  ssh?: { user?: string };
+  /** Disk size (bytes, parsed from 4G/512M/number of GiB): a base is made this big, a child is grown to it. */
+  disk?: number;
   /** Extra environment for the layer's install. */
   env?: Record<string, string>;
   /** Bumped by hand to give every image of the layer a new key (a forced rebuild everywhere). */

@@ -8,7 +8,7 @@ import type { VmOptions } from "./types.js";
  */
 export function projectVmOptions(
   s: ProjectSettings,
-  o: Pick<VmOptions, "disk" | "keyPath" | "runDir" | "serialLog" | "mem" | "cpus"> & Partial<Pick<VmOptions, "vnc" | "detached" | "signal">>,
+  o: Pick<VmOptions, "disk" | "keyPath" | "runDir" | "serialLog" | "mem" | "cpus"> & Partial<Pick<VmOptions, "vnc" | "detached" | "signal" | "user" | "seed">>,
 ): VmOptions {
   return {
     accelerator: s.accelerator,

@@ -15,6 +15,7 @@ import { QmpClient } from "./qmp.js";
 import { resumeIncoming } from "./warm.js";
 import { installVmCleanupHandlers, registerVm, unregisterVm } from "./registry.js";
 import { rsyncTo } from "./rsync.js";
+import { writeNoCloudSeed } from "./seed.js";
 import { SshSession, waitForSsh } from "./ssh.js";
 import type { ExecOptions, ExecResult, Vm, VmOptions, VmUsage } from "./types.js";
 import { abortError, sleep } from "../util/sleep.js";
@@ -70,6 +71,39 @@ export function procCpuSeconds(pid: number): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * What cloud-init said on the serial console, for a guest that never answered SSH: its stages and
+ * failures show there even when nothing else can be read from the guest.
+ */
+export function cloudInitStatus(serialLog: string): string {
+  let text: string;
+  try {
+    text = readFileSync(serialLog, "latin1").replace(/\r/g, "");
+  } catch {
+    return "";
+  }
+  const lines = text.split("\n").filter((l) => /cloud-init|ci-info: (?!\+|\|)/i.test(l));
+  if (lines.length === 0) return "";
+  return `\ncloud-init on the console (last ${Math.min(lines.length, 8)} of ${lines.length} lines):\n${lines.slice(-8).join("\n")}`;
+}
+
+/** The guest's first global IPv4: from the agent when its port is open, else over SSH (`ip`). */
+async function guestIp(vm: QemuVm, s: SshSession, signal: AbortSignal): Promise<string> {
+  if (vm.timings.agentPortOpen !== undefined) {
+    try {
+      vm.agent ??= await GuestAgent.connect(vm.agentSocket, { timeoutMs: 1000, signal });
+      const ip = await vm.agent.firstIpv4({ timeoutMs: 2000, signal });
+      if (ip) return ip;
+    } catch {
+      // fall back to asking over SSH
+    }
+  }
+  let out = "";
+  const r = await s.exec("ip -4 -o addr show scope global 2>/dev/null", { onStdout: (d) => (out += d.toString()), timeoutMs: 10_000, signal });
+  if (r.code !== 0) return "";
+  return /\binet (\d+\.\d+\.\d+\.\d+)/.exec(out)?.[1] ?? "";
 }
 
 interface Spawned {
@@ -144,6 +178,10 @@ export class QemuVm implements Vm {
     return this.spawned.child.pid ?? -1;
   }
 
+  get user(): string {
+    return this.opts.user ?? "root";
+  }
+
   get exited(): boolean {
     return this.hasExited;
   }
@@ -166,7 +204,7 @@ export class QemuVm implements Vm {
     this.sshConnecting ??= (async () => {
       try {
         const key = await fs.readFile(this.opts.keyPath);
-        this.ssh = await SshSession.connect({ host: this.sshHost, port: this.sshPort, privateKey: key }, { timeoutMs: 15_000, signal });
+        this.ssh = await SshSession.connect({ host: this.sshHost, port: this.sshPort, username: this.user, privateKey: key }, { timeoutMs: 15_000, signal });
         return this.ssh;
       } finally {
         this.sshConnecting = undefined;
@@ -181,7 +219,7 @@ export class QemuVm implements Vm {
   }
 
   rsyncTo(localDir: string, remoteDir: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
-    return rsyncTo(localDir, remoteDir, { host: this.sshHost, port: this.sshPort, keyPath: this.opts.keyPath }, opts);
+    return rsyncTo(localDir, remoteDir, { host: this.sshHost, port: this.sshPort, keyPath: this.opts.keyPath, username: this.user }, opts);
   }
 
   /** Close our connections without touching QEMU (detached VMs keep running after this). */
@@ -289,6 +327,7 @@ function buildArgs(o: {
   hostPort?: number;
   qmpSocket: string;
   agentSocket: string;
+  seedImage?: string;
 }): string[] {
   const { opts } = o;
   const args = [
@@ -301,6 +340,7 @@ function buildArgs(o: {
     // writeback (QEMU's default) rather than unsafe: a clean poweroff flushes either way, but
     // unsafe could leave a torn image if QEMU is killed while the store is publishing it.
     "-drive", `file=${qemuPath(opts.disk)},if=virtio,format=qcow2,cache=writeback,discard=unmap`,
+    ...(o.seedImage ? ["-drive", `file=${qemuPath(o.seedImage)},if=virtio,format=raw,readonly=on`] : []),
     "-device", "virtio-rng-pci",
     "-chardev", `socket,id=qmp,path=${qemuPath(o.qmpSocket)},server=on,wait=off`,
     "-mon", "chardev=qmp,mode=control",
@@ -349,6 +389,12 @@ export async function startVm(opts: VmOptions): Promise<QemuVm> {
   await fs.mkdir(path.dirname(opts.serialLog), { recursive: true });
   await fs.writeFile(opts.serialLog, "");
   if (!opts.detached) installVmCleanupHandlers();
+  let seedImage: string | undefined;
+  if (opts.seed) {
+    seedImage = path.join(opts.runDir, "seed.img");
+    const publicKey = await fs.readFile(`${opts.keyPath}.pub`, "utf8");
+    await writeNoCloudSeed(seedImage, { user: opts.user ?? "root", publicKey, instanceId: opts.seed.instanceId });
+  }
 
   const deadline = Date.now() + opts.bootTimeoutMs;
   // A busy port (another process took it between our probe and QEMU's bind) makes QEMU exit at once
@@ -358,7 +404,7 @@ export async function startVm(opts: VmOptions): Promise<QemuVm> {
     const mac = opts.mac ?? randomMac();
     await fs.rm(qmpSocket, { force: true });
     await fs.rm(agentSocket, { force: true });
-    const args = buildArgs({ opts, accel, mac, hostPort, qmpSocket, agentSocket });
+    const args = buildArgs({ opts, accel, mac, hostPort, qmpSocket, agentSocket, ...(seedImage ? { seedImage } : {}) });
     const spawned = spawnQemu(args, { detached: opts.detached ?? false, logFile: path.join(opts.runDir, "qemu.log") });
     const vm = new QemuVm(opts, accel, mac, spawned, dirs, qmpSocket, agentSocket);
     vm.setHostPort(hostPort);
@@ -379,7 +425,7 @@ export async function startVm(opts: VmOptions): Promise<QemuVm> {
 }
 
 /** The last readiness stage: SSH runs commands (on the forwarded port in user mode, the guest IP in bridge mode). */
-async function waitSshStage(vm: QemuVm, hostPort: number | undefined, deadline: number, signal: AbortSignal, t0: number): Promise<void> {
+async function waitSshStage(vm: QemuVm, hostPort: number | undefined, deadline: number, signal: AbortSignal, t0: number): Promise<SshSession> {
   if (vm.opts.network.mode === "bridge") {
     vm.sshHost = vm.ip;
     vm.sshPort = 22;
@@ -388,15 +434,16 @@ async function waitSshStage(vm: QemuVm, hostPort: number | undefined, deadline: 
     vm.sshPort = hostPort ?? 22;
   }
   const key = await fs.readFile(vm.opts.keyPath);
-  const s = await waitForSsh({ host: vm.sshHost, port: vm.sshPort, privateKey: key }, {
+  // Bounded by the deadline only: a Debian guest takes a minute or more before sshd listens.
+  const s = await waitForSsh({ host: vm.sshHost, port: vm.sshPort, username: vm.user, privateKey: key }, {
     deadline,
-    maxAttempts: 40,
     signal,
     onAttempt: (n) => (vm.timings.sshAttempts = n),
   });
   vm.timings.sshAttempts = (vm.timings.sshAttempts ?? 0) + 1;
   vm.adoptSsh(s);
   vm.timings.ssh = Date.now() - t0;
+  return s;
 }
 
 async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: number): Promise<void> {
@@ -438,42 +485,52 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
       await resumeIncoming(vm.qmp, signal);
       vm.timings.agent = vm.timings.ip = Date.now() - t0;
       vm.ip = opts.resume.ip;
-      return await waitSshStage(vm, hostPort, deadline, signal, t0);
+      await waitSshStage(vm, hostPort, deadline, signal, t0);
+      return;
     }
-    stage = "guest agent";
-    vm.agent = await GuestAgent.connect(vm.agentSocket, { timeoutMs: Math.max(1, deadline - Date.now()), signal });
-    vm.timings.agentAttempts = 0;
-    for (;;) {
-      vm.timings.agentAttempts++;
-      if (signal.aborted) throw abortError(signal);
-      attemptCtl = new AbortController();
-      const both = AbortSignal.any([signal, attemptCtl.signal]);
-      const started = Date.now();
-      try {
-        await vm.agent.sync({ timeoutMs: 1000, signal: both });
-        break;
-      } catch (e) {
-        if (signal.aborted) throw e;
-        // An attempt that fails at once (socket closed because QEMU died) must not spin in microtasks:
-        // that would starve the event loop, so QEMU's exit event would never be seen. Yield a little.
-        if (Date.now() - started < 50) await sleep(50, signal);
+    if (opts.network.mode === "bridge") {
+      // Only the guest knows its address on the bridge: the agent is required here.
+      stage = "guest agent";
+      vm.agent = await GuestAgent.connect(vm.agentSocket, { timeoutMs: Math.max(1, deadline - Date.now()), signal });
+      vm.timings.agentAttempts = 0;
+      for (;;) {
+        vm.timings.agentAttempts++;
+        if (signal.aborted) throw abortError(signal);
+        attemptCtl = new AbortController();
+        const both = AbortSignal.any([signal, attemptCtl.signal]);
+        const started = Date.now();
+        try {
+          await vm.agent.sync({ timeoutMs: 1000, signal: both });
+          break;
+        } catch (e) {
+          if (signal.aborted) throw e;
+          // An attempt that fails at once (socket closed because QEMU died) must not spin in microtasks:
+          // that would starve the event loop, so QEMU's exit event would never be seen. Yield a little.
+          if (Date.now() - started < 50) await sleep(50, signal);
+        }
       }
-    }
-    vm.timings.agent = Date.now() - t0;
+      vm.timings.agent = Date.now() - t0;
 
-    stage = "guest IP address (DHCP)";
-    for (;;) {
-      const ip = await vm.agent.firstIpv4({ timeoutMs: 2000, signal });
-      if (ip) {
-        vm.ip = ip;
-        break;
+      stage = "guest IP address (DHCP)";
+      for (;;) {
+        const ip = await vm.agent.firstIpv4({ timeoutMs: 2000, signal });
+        if (ip) {
+          vm.ip = ip;
+          break;
+        }
+        await sleep(100, signal);
       }
-      await sleep(100, signal);
+      vm.timings.ip = Date.now() - t0;
     }
-    vm.timings.ip = Date.now() - t0;
-
+    // User networking: ready means an SSH login ran `true`. The guest agent is optional (stock cloud
+    // images have none); QEMU accepts the forwarded TCP connection before the guest listens, so only
+    // a completed handshake and login count.
     stage = "SSH";
-    await waitSshStage(vm, hostPort, deadline, signal, t0);
+    const s = await waitSshStage(vm, hostPort, deadline, signal, t0);
+    if (!vm.ip) {
+      vm.ip = await guestIp(vm, s, signal);
+      vm.timings.ip = Date.now() - t0;
+    }
   } catch (e) {
     if (cause === "exit" || vm.exited) {
       await sleep(50); // let the stderr pipe drain
@@ -496,12 +553,15 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
           where: opts.disk,
           message:
             `the VM did not become ready within ${Math.round(opts.bootTimeoutMs / 1000)} s (stuck at: ${stage}; last error: ${errorMessage(e)})` +
-            (tail ? `\nlast lines of the serial console (${opts.serialLog}):\n${tail}` : `\nthe serial console (${opts.serialLog}) is empty`),
+            (tail ? `\nlast lines of the serial console (${opts.serialLog}):\n${tail}` : `\nthe serial console (${opts.serialLog}) is empty`) +
+            cloudInitStatus(opts.serialLog),
           hint:
             stage === "guest agent"
-              ? "the image needs qemu-guest-agent running on the virtio port org.qemu.guest_agent.0"
+              ? "the image needs qemu-guest-agent running on the virtio port org.qemu.guest_agent.0 (bridge mode needs it for the guest's IP)"
               : stage === "SSH"
-                ? "the image needs an SSH server accepting keys/demobuilder.pub for root"
+                ? `the image needs an SSH server accepting keys/demobuilder.pub for ${vm.user}` +
+                  (opts.seed ? " (given through the NoCloud seed: the image needs cloud-init)" : "") +
+                  "; set ssh: {user: NAME} in layer.yaml or demobuild.yaml if the image logs in as another user; raise timeouts.boot if the machine is just slow"
                 : "raise timeouts.boot in demobuild.yaml if the machine is just slow",
         },
         1,

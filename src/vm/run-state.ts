@@ -11,6 +11,8 @@ export interface RunState {
   ip: string;
   sshHost: string;
   sshPort: number;
+  /** Login user (absent in states written before it existed: root). */
+  user?: string;
   vnc?: string;
   keyPath: string;
   runDir: string;

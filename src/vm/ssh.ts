@@ -35,7 +35,12 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
  * Environment and working directory travel inside the command line, because dropbear (and OpenSSH
  * without AcceptEnv) ignores SSH `env` requests.
  */
-export function buildRemoteCommand(command: string, opts: { env?: Record<string, string>; cwd?: string } = {}): string {
+export function buildRemoteCommand(command: string, opts: { env?: Record<string, string>; cwd?: string; sudo?: boolean } = {}): string {
+  if (opts.sudo) {
+    // The whole script (exports included) runs under sudo: sudo resets the environment, and -n fails at
+    // once instead of prompting for a password nobody will type.
+    return `exec sudo -n -- sh -c ${shellQuote(buildRemoteCommand(command, { ...opts, sudo: false }))}`;
+  }
   const parts: string[] = [];
   for (const [k, v] of Object.entries(opts.env ?? {})) {
     if (!ENV_NAME.test(k)) throw new Error(`invalid environment variable name: ${JSON.stringify(k)}`);
@@ -76,28 +81,48 @@ export class SshSession {
       port: target.port,
       username: target.username ?? "root",
       privateKey: target.privateKey,
-      readyTimeout: opts.timeoutMs ?? 10_000,
+      // Our own timer below: ssh2's readyTimeout can fire as an error event after the attempt was given up.
+      readyTimeout: 0,
       hostVerifier: () => true,
       algorithms: { serverHostKey: [...HOST_KEY_ALGORITHMS] },
       keepaliveInterval: 15_000,
       keepaliveCountMax: 4,
     };
     return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        client.destroy();
+        reject(new Error(`SSH handshake with ${target.host}:${target.port} not done within ${opts.timeoutMs ?? 10_000} ms`));
+      }, opts.timeoutMs ?? 10_000);
       const onAbort = (): void => {
+        clearTimeout(timer);
         client.destroy();
         reject(abortError(opts.signal));
       };
       opts.signal?.addEventListener("abort", onAbort, { once: true });
       client.once("ready", () => {
+        clearTimeout(timer);
         opts.signal?.removeEventListener("abort", onAbort);
-        client.removeAllListeners("error");
+        client.off("error", onError);
         resolve(new SshSession(client, target));
       });
-      client.once("error", (e) => {
+      const onError = (e: Error): void => {
+        // ssh2 may emit a second error (e.g. "Connection lost before handshake" after a timeout) on a
+        // client already given up: keep listening so it is not an uncaught exception.
+        clearTimeout(timer);
         opts.signal?.removeEventListener("abort", onAbort);
         client.destroy();
         reject(e);
-      });
+      };
+      client.on("error", onError);
+      // A server that sends its banner and then closes (sshd restarting while the guest boots) ends
+      // with "close" and no error: without this the attempt would wait forever.
+      const onClose = (): void => {
+        clearTimeout(timer);
+        opts.signal?.removeEventListener("abort", onAbort);
+        reject(new Error("connection closed during the SSH handshake"));
+      };
+      client.once("close", onClose);
+      client.once("ready", () => client.off("close", onClose));
       client.connect(cfg);
     });
   }
@@ -105,7 +130,7 @@ export class SshSession {
   exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
     if (this.closed) return Promise.reject(new Error("ssh connection is closed"));
     if (opts.signal?.aborted) return Promise.reject(abortError(opts.signal));
-    const full = buildRemoteCommand(command, opts);
+    const full = buildRemoteCommand(command, { ...opts, sudo: opts.asRoot === true && (this.target.username ?? "root") !== "root" });
     const where = `${this.target.host}:${this.target.port}`;
     return new Promise((resolve, reject) => {
       let settled = false;

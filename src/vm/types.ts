@@ -12,13 +12,23 @@ export interface VmOptions {
   cpus: number;
   accelerator: Accelerator;
   network: { mode: NetworkMode; bridge: string };
-  /** Private key (OpenSSH format) for root@guest; `.pub` beside it. */
+  /** Private key (OpenSSH format) for the login user; `.pub` beside it. */
   keyPath: string;
+  /** Login user (default root). Commands run with `asRoot` go through `sudo -n` when it is not root. */
+  user?: string;
+  /**
+   * Attach a NoCloud seed (a FAT volume labelled CIDATA, written into runDir) giving `user` the public
+   * key beside keyPath: how a cloud image with cloud-init is entered with no change to it.
+   */
+  seed?: { instanceId: string };
   /** Where the serial console is written. */
   serialLog: string;
   /** Directory for sockets and temporary files of this VM (created; removed on stop). */
   runDir: string;
-  /** Boot timeout (ms) for: agent answers + IP known + SSH accepts. */
+  /**
+   * Boot timeout (ms) until ready. User networking: an SSH login runs `true` (the guest agent is used
+   * when present, for the IP, but not waited for). Bridge: the agent reports the IP, then SSH.
+   */
   bootTimeoutMs: number;
   /** Start a VNC server on 127.0.0.1. */
   vnc?: boolean;
@@ -44,6 +54,8 @@ export interface ExecOptions {
   onStderr?: (chunk: Buffer) => void;
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** Run as root: through `sudo -n` when the login user is not root. */
+  asRoot?: boolean;
 }
 
 export interface ExecResult {
@@ -59,6 +71,8 @@ export interface Vm {
   /** Host and port to reach guest SSH: 127.0.0.1:PORT in user mode, IP:22 in bridge mode. */
   readonly sshHost: string;
   readonly sshPort: number;
+  /** Login user. */
+  readonly user: string;
   readonly vncDisplay?: string;
   exec(command: string, opts?: ExecOptions): Promise<ExecResult>;
   /** `rsync -rL` of a local directory's contents into remoteDir (created). */

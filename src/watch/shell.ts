@@ -8,6 +8,7 @@ import type { Project } from "../project/types.js";
 import type { Store } from "../store/store.js";
 import { ensureProjectKey } from "../vm/keys.js";
 import { shellQuote } from "../vm/ssh.js";
+import { loginFor } from "../exec/login.js";
 
 export interface ShellVm {
   stack: string;
@@ -16,7 +17,7 @@ export interface ShellVm {
   sshHost: string;
   sshPort: number;
   keyPath: string;
-  /** OpenSSH command line reaching the VM as root. */
+  /** OpenSSH command line reaching the VM as its login user. */
   ssh: string;
   /** Seconds from snapshot to a working SSH. */
   bootSeconds: number;
@@ -34,12 +35,13 @@ export async function startShell(project: Project, store: Store, stack: string, 
     // rebuild moving the view does not change what this VM sees.
     backing: realpathSync(store.viewPath(stack)),
     keyPath: key,
+    login: loginFor(project, stack),
     diskName: `${stack}.qcow2`,
     tmpPrefix: "dbuild-watch-",
     signal,
     note: () => undefined,
   });
-  const user = "root";
+  const user = t.vm.user;
   return {
     stack,
     disk: t.disk,

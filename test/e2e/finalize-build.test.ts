@@ -53,6 +53,7 @@ beforeAll(async () => {
   // The real layer directories, symlinks and all; their symlinks point into utils/.
   for (const f of formats) await fs.cp(path.join(repoRoot, "layers", f), path.join(p.root, "layers", f), { recursive: true, verbatimSymlinks: true });
   await fs.copyFile(path.join(repoRoot, "utils", "vm-functions"), path.join(p.root, "utils", "vm-functions"));
+  await fs.copyFile(path.join(repoRoot, "utils", "finalize"), path.join(p.root, "utils", "finalize"));
   await p.write("demobuild.yaml", "buildVm: {mem: 256, cpus: 1}\ndefaults: {mem: 1024, cpus: 1}\ntimeouts: {boot: 120, install: 300, shutdown: 30}\n");
   await p.target("micro:openstack", "NAME=demo-os\n");
   await p.target("micro:vagrant", "NAME=demo-box\nMEM=640\nCPUS=2\nVAGRANT_SSH_USER=root\n");

@@ -36,9 +36,10 @@ describe.each(names)("layers/%s", (name) => {
     expect((await readFile(join(dir, "README"), "utf8")).length).toBeGreaterThan(200);
   });
 
-  it("has an executable POSIX-sh target/install that busybox sh parses", async () => {
+  it("has target/install -> the shared utils/finalize, an executable POSIX-sh script busybox sh parses", async () => {
     const f = join(dir, "target/install");
-    expect((await lstat(f)).isFile()).toBe(true);
+    expect((await lstat(f)).isSymbolicLink()).toBe(true);
+    expect(await readlink(f)).toBe("../../../utils/finalize");
     expect((await stat(f)).mode & 0o111).toBe(0o111);
     const text = await readFile(f, "utf8");
     expect(text.startsWith("#!/bin/sh\n")).toBe(true);
@@ -55,9 +56,9 @@ describe.each(names)("layers/%s", (name) => {
   });
 });
 
-it("all finalizing layers share one clean-up script (no silent drift between copies)", async () => {
-  const texts = await Promise.all(names.map((n) => readFile(join(root, "layers", n, "target/install"), "utf8")));
-  for (const t of texts) expect(t).toBe(texts[0]);
+it("all finalizing layers share one clean-up script (one file, linked: no copies to drift)", async () => {
+  const targets = await Promise.all(names.map(async (n) => resolve(join(root, "layers", n, "target"), await readlink(join(root, "layers", n, "target/install")))));
+  for (const t of targets) expect(t).toBe(join(root, "utils/finalize"));
 });
 
 // Runs the real clean-up under busybox sh in a chroot on a private tmpfs: tmpfs makes fstrim fail
@@ -90,11 +91,14 @@ describe.skipIf(!canChroot())("target/install clean-up under busybox sh (chroot)
         ${fs}/etc/udev/rules.d ${fs}/etc/sysconfig/network-scripts ${fs}/var/lib/dhcp ${fs}/tmp/layer ${fs}/dev
       cp /bin/busybox ${fs}/bin/busybox
       chroot ${fs} /bin/busybox --install -s /bin
-      cp ${join(root, "layers/openstack/target/install")} ${fs}/tmp/layer/install
+      printf '#!/bin/sh\necho "$*" >> /tmp/cloud-init-calls\n' > ${fs}/bin/cloud-init && chmod +x ${fs}/bin/cloud-init
+      cp -L ${join(root, "layers/openstack/target/install")} ${fs}/tmp/layer/install
       for t in ed25519 rsa; do echo key > ${fs}/etc/dropbear/dropbear_\${t}_host_key; done
       echo key > ${fs}/etc/ssh/ssh_host_rsa_key; echo pub > ${fs}/etc/ssh/ssh_host_rsa_key.pub
       echo keep > ${fs}/etc/ssh/sshd_config
-      echo ssh-ed25519 AAAA test > ${fs}/root/.ssh/authorized_keys
+      printf 'ssh-ed25519 AAAAkeep test\nno-port-forwarding,command="echo no" ssh-ed25519 AAAAbuild dbuild\n' > ${fs}/root/.ssh/authorized_keys
+      mkdir -p ${fs}/home/u/.ssh && echo 'ssh-ed25519 AAAAbuild dbuild' > ${fs}/home/u/.ssh/authorized_keys
+      printf 'root:x:0:0::/root:/bin/sh\nu:x:1000:1000::/home/u:/bin/sh\n' > ${fs}/etc/passwd
       echo 'ls /' > ${fs}/root/.ash_history; echo 'ls' > ${fs}/home/u/.bash_history
       echo line > ${fs}/var/log/messages; echo line > ${fs}/var/log/sub/x.log; echo old > ${fs}/var/log/messages.1
       echo rule > ${fs}/etc/udev/rules.d/70-persistent-net.rules
@@ -103,12 +107,13 @@ describe.skipIf(!canChroot())("target/install clean-up under busybox sh (chroot)
       echo 0123456789abcdef > ${fs}/etc/machine-id
       touch ${fs}/dev/null
       cd ${fs}/tmp/layer
-      chroot ${fs} /bin/sh -c 'cd /tmp/layer && LAYER=openstack /bin/sh ./install' > ${tmp}/out.txt 2>&1
+      chroot ${fs} /bin/sh -c 'cd /tmp/layer && LAYER=openstack DBUILD_SSH_KEY="ssh-ed25519 AAAAbuild dbuild" /bin/sh ./install' > ${tmp}/out.txt 2>&1
       echo $? > ${tmp}/rc
       find ${fs} \\( -type f -o -type l \\) ! -path '${fs}/bin/*' | sed 's|^${fs}||' | sort > ${tmp}/files.txt
       cp ${fs}/etc/sysconfig/network-scripts/ifcfg-eth0 ${tmp}/ifcfg
       wc -c < ${fs}/var/log/messages > ${tmp}/msgsize
       wc -c < ${fs}/etc/machine-id > ${tmp}/midsize
+      cat ${fs}/tmp/cloud-init-calls > ${tmp}/cicalls; cat ${fs}/root/.ssh/authorized_keys > ${tmp}/rootkeys; cat ${fs}/home/u/.ssh/authorized_keys > ${tmp}/ukeys
     `;
     await execa("unshare", ["--mount", "--propagation", "private", "sh", "-c", script], { timeout: 30_000 });
     const out = await readFile(join(tmp, "out.txt"), "utf8");
@@ -118,11 +123,18 @@ describe.skipIf(!canChroot())("target/install clean-up under busybox sh (chroot)
     expect(out).toContain("fstrim not supported");
     const files = (await readFile(join(tmp, "files.txt"), "utf8")).split("\n").filter(Boolean);
     expect(files.filter((f) => /host_key|ssh_host_/.test(f))).toEqual([]);
+    // cloud-init forgets this instance, its logs and machine-id
+    expect(await readFile(join(tmp, "cicalls"), "utf8")).toBe("clean --logs --machine-id\n");
+    expect(out).toContain("openstack: reset cloud-init");
     expect(files.filter((f) => /_history$|persistent-net|dhcp\/.+lease|messages\.1$/.test(f))).toEqual([]);
     expect(files).toEqual(expect.arrayContaining(["/etc/ssh/sshd_config", "/root/.ssh/authorized_keys", "/var/log/messages", "/var/log/sub/x.log", "/etc/machine-id", "/tmp/layer/install"]));
     expect((await readFile(join(tmp, "msgsize"), "utf8")).trim()).toBe("0");
     expect((await readFile(join(tmp, "midsize"), "utf8")).trim()).toBe("0");
     expect(await readFile(join(tmp, "ifcfg"), "utf8")).toBe("DEVICE=eth0\nONBOOT=yes\n");
+    // the build key leaves every user it was given to (cloud-init's prefixed root line too); other keys stay
+    expect(await readFile(join(tmp, "rootkeys"), "utf8")).toBe("ssh-ed25519 AAAAkeep test\n");
+    expect(await readFile(join(tmp, "ukeys"), "utf8")).toBe("");
+    expect(out).toContain("removed the build key from /home/u/.ssh/authorized_keys");
   });
 });
 

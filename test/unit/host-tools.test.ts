@@ -30,6 +30,10 @@ const PROVIDER: Record<string, string> = {
   mcopy: "mtools",
   mmd: "mtools",
   "mkfs.fat": "dosfstools",
+  fatlabel: "dosfstools",
+  mdir: "mtools",
+  mtype: "mtools",
+  mmdebstrap: "mmdebstrap",
   cpio: "cpio",
   xz: "xz-utils",
   zstd: "zstd",
@@ -44,6 +48,8 @@ const PROVIDER: Record<string, string> = {
   // "essential": from a package that is Essential or of Priority required, so on every Debian system
   // (even a minbase container); setup.sh need not list it.
   "apt-get": "essential",
+  sync: "essential",
+  fstrim: "essential",
   "apt-cache": "essential",
   "dpkg-deb": "essential",
   bash: "essential",

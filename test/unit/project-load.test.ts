@@ -37,7 +37,7 @@ describe("loadProject", () => {
     expect(p.settings.buildVm).toEqual({ mem: 512, cpus: 1 });
     expect(p.settings.jobs).toBe(os.availableParallelism());
     expect(p.settings.memoryBudget).toBe(Math.floor((os.totalmem() / 1024 / 1024) * 0.75));
-    expect(p.settings.timeouts).toEqual({ boot: 120, install: 1800, shutdown: 60 });
+    expect(p.settings.timeouts).toEqual({ boot: 300, install: 1800, shutdown: 60 });
     expect(p.settings.network).toEqual({ mode: "user", bridge: "virbr0" });
     expect(p.settings.accelerator).toBe("auto");
     expect(p.settings.cache).toEqual({});

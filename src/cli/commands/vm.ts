@@ -21,6 +21,7 @@ import { pathExists } from "../../util/fs.js";
 import { projectVmOptions } from "../../vm/options.js";
 import { statePath, type RunState } from "../../vm/run-state.js";
 import { projectRoot } from "../shared.js";
+import { loginForImage, SEED_INSTANCE_ID } from "../../exec/login.js";
 
 function rootOf(cmd: Command): string {
   return path.resolve(projectRoot(cmd));
@@ -176,10 +177,13 @@ export function registerVmCommands(program: Command): void {
       const runDir = runDirFor(image);
       await fs.rm(runDir, { recursive: true, force: true });
       const s = project.settings;
+      const login = await loginForImage(project, image);
       const vm = await startVm({
         ...projectVmOptions(s, { disk: image, mem: o.mem ?? s.defaults.mem, cpus: o.cpus ?? s.defaults.cpus, keyPath: key, serialLog: path.join(runDir, "serial.log"), runDir }),
         vnc: o.vnc ?? false,
         detached: true,
+        user: login.user,
+        ...(login.seed ? { seed: { instanceId: SEED_INSTANCE_ID } } : {}),
       });
       const state: RunState = {
         pid: vm.pid,
@@ -187,6 +191,7 @@ export function registerVmCommands(program: Command): void {
         ip: vm.ip,
         sshHost: vm.sshHost,
         sshPort: vm.sshPort,
+        user: vm.user,
         keyPath: key,
         runDir,
         startedAt: new Date().toISOString(),
@@ -229,6 +234,7 @@ export function registerVmCommands(program: Command): void {
         }
         host = st.sshHost;
         port = st.sshPort;
+        user = st.user ?? "root";
         keyPath = st.keyPath;
       }
       const tty = command.length === 0;
@@ -261,6 +267,7 @@ export function registerVmCommands(program: Command): void {
           keyPath: key,
           ...(o.mem !== undefined ? { mem: o.mem } : {}),
           ...(o.cpus !== undefined ? { cpus: o.cpus } : {}),
+          login: await loginForImage(project, backing),
           diskName: "snap.qcow2",
           tmpPrefix: "dbuild-shell-",
           signal: ac.signal,
@@ -268,7 +275,7 @@ export function registerVmCommands(program: Command): void {
         });
         if (t.resumed) process.stderr.write("resumed from the image's warm snapshot\n");
         process.off("SIGINT", onSig);
-        process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath: key, port: t.vm.sshPort, user: "root", host: t.vm.sshHost, command: [], tty: true }));
+        process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath: key, port: t.vm.sshPort, user: t.vm.user, host: t.vm.sshHost, command: [], tty: true }));
       } catch (e) {
         if (!ac.signal.aborted) throw e;
         process.stderr.write("interrupted\n");

@@ -42,6 +42,7 @@ async function runInstall({ project, layer, node, store, log, setStep, signal, t
         DBUILD_WORKDIR: workdir,
         DBUILD_PROJECT: project.root,
         ...(hostProxy ? { DBUILD_PROXY: hostProxy.url } : {}),
+        ...(layer.config.disk !== undefined ? { DBUILD_DISK_SIZE: String(layer.config.disk) } : {}),
       },
       log,
       signal,

@@ -5,6 +5,7 @@
 import { qemuImg } from "../../store/qemu-img.js";
 import { userCacheDir } from "../../store/user-cache.js";
 import { fetchImport } from "../host.js";
+import { growDisk } from "./grow-disk.js";
 import type { NodeRunner, RunContext } from "./types.js";
 
 export const importRunner: NodeRunner = {
@@ -20,5 +21,7 @@ export const importRunner: NodeRunner = {
     });
     // Converting (not copying) makes any input format a standalone qcow2 with no backing file.
     await qemuImg(["convert", "-O", "qcow2", file, tmpImage], signal);
+    // The guest grows its partition and filesystem on its next boot (cloud-init growpart/resizefs).
+    if (layer.config.disk !== undefined) await growDisk(tmpImage, layer.config.disk, "import", signal);
   },
 };

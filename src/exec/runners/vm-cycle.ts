@@ -23,6 +23,8 @@ import { StepError } from "../step-error.js";
 import { startBuildVm, type BuildVm } from "../warm-start.js";
 import { archiveFailuresInOutput, GUEST_PROXY_CLEANUP, unreachableArchiveMessage } from "../../proxy/guest.js";
 import type { NodeProxy } from "../build-proxy.js";
+import { loginFor, SEED_INSTANCE_ID } from "../login.js";
+import { growDisk } from "./grow-disk.js";
 import type { NodeRunner, RunContext } from "./types.js";
 
 /** Directory in the guest the layer's target/ is copied to (removed before power-off). */
@@ -55,10 +57,22 @@ const copyTarget: GuestStep = async ({ layer, setStep, signal }, vm) => {
 /** (4) run target/install there, with the layer's env and the stack's settings. */
 const runInstall: GuestStep = async ({ project, layer, node, log, setStep, signal }, vm, np) => {
   setStep("install");
+  // DBUILD_SSH_KEY: the project's public key, so a finalizing layer can remove it from every user.
+  const keys = await ensureProjectKey(project.root);
+  const pub = (await fs.readFile(keys.pub, "utf8")).trim();
   // The proxy's variables first: a layer that sets http_proxy in layer.yaml env: keeps its own.
-  const env: Record<string, string> = { ...np?.env, ...layer.config.env, ...node.settings, LAYER: layer.name, STACK: node.stack };
+  const env: Record<string, string> = {
+    ...np?.env,
+    ...layer.config.env,
+    ...node.settings,
+    LAYER: layer.name,
+    STACK: node.stack,
+    DBUILD_SSH_USER: vm.user,
+    DBUILD_SSH_KEY: pub,
+  };
   const r = await vm.exec(`${np ? `${np.setup}; ` : ""}cd ${GUEST_DIR} && chmod +x ./install 2>/dev/null; ./install`, {
     env,
+    asRoot: true,
     onStdout: (d) => log.chunk("stdout", d),
     onStderr: (d) => log.chunk("stderr", d),
     timeoutMs: (layer.config.timeout ?? project.settings.timeouts.install) * 1000,
@@ -81,7 +95,7 @@ function explainWithoutProxy(layer: string, tail: readonly string[]): string | u
 /** (5) remove the directory, (6) MAC-address references, then sync + fstrim so the delta stays small. */
 const cleanGuest: GuestStep = async ({ log, setStep, signal }, vm) => {
   setStep("cleanup");
-  const c = await vm.exec(GUEST_CLEANUP, { onStdout: (d) => log.chunk("stdout", d), onStderr: (d) => log.chunk("stderr", d), timeoutMs: 120_000, signal });
+  const c = await vm.exec(GUEST_CLEANUP, { asRoot: true, onStdout: (d) => log.chunk("stdout", d), onStderr: (d) => log.chunk("stderr", d), timeoutMs: 120_000, signal });
   if (c.code !== 0) throw new StepError("cleanup", `clean-up in the guest exited with code ${c.code}`, c.code);
 };
 
@@ -122,6 +136,8 @@ async function boot({ project, layer, node, store, log, setStep, warn, signal, t
   if (!parent) throw new StepError("cow", "a VM cycle needs a parent image");
   const s = project.settings;
   const keys = await ensureProjectKey(project.root);
+  // The VM boots the parent's image, so the parent stack says who logs in and how.
+  const login = loginFor(project, node.parent ?? node.stack);
   // The copy-on-write child first (over the parent, or over its warm snapshot's disk), then the VM.
   let step: "cow" | "boot" = "cow";
   setStep("cow");
@@ -134,12 +150,15 @@ async function boot({ project, layer, node, store, log, setStep, warn, signal, t
       mode: warm,
       parentObject: parent.object,
       tmpImage,
+      ...(layer.config.disk !== undefined ? { grow: (file: string) => growDisk(file, layer.config.disk!, "cow", signal) } : {}),
       vm: {
         mem: layer.config.mem ?? s.buildVm.mem,
         cpus: layer.config.cpus ?? s.buildVm.cpus,
         keyPath: keys.key,
         serialLog: store.logPath(node.stack).replace(/\.log$/, ".console.log"),
         runDir,
+        user: login.user,
+        ...(login.seed ? { seed: { instanceId: SEED_INSTANCE_ID } } : {}),
       },
       signal,
       note: warn,
@@ -150,11 +169,12 @@ async function boot({ project, layer, node, store, log, setStep, warn, signal, t
       },
     });
   } catch (e) {
+    if (e instanceof StepError) throw e;
     throw new StepError(step, errorMessage(e));
   }
   setStep("boot", started.start);
   const vm = started.vm;
-  log.note(`VM up: pid ${vm.pid}, guest IP ${vm.ip}, ssh ${vm.sshHost}:${vm.sshPort}`);
+  log.note(`VM up: pid ${vm.pid}, guest IP ${vm.ip}, ssh ${vm.user}@${vm.sshHost}:${vm.sshPort}${login.seed ? " (key from the NoCloud seed)" : ""}`);
   return started;
 }
 
