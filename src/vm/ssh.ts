@@ -216,7 +216,8 @@ export async function waitForSsh(
   target: SshTarget,
   opts: { deadline: number; maxAttempts?: number; signal?: AbortSignal; onAttempt?: (n: number, err?: Error) => void },
 ): Promise<SshSession> {
-  const maxAttempts = opts.maxAttempts ?? 60;
+  // No cap by default: the deadline bounds the wait (a Debian guest refuses or resets for a minute and more).
+  const maxAttempts = opts.maxAttempts ?? Number.POSITIVE_INFINITY;
   let lastErr: Error | undefined;
   for (let attempt = 1; attempt <= maxAttempts; attempt++) {
     const left = opts.deadline - Date.now();

@@ -43,6 +43,10 @@ afterAll(async () => {
   if (tmp) await fs.rm(tmp, { recursive: true, force: true });
 });
 
+type Counters = { requests: number; bytesFromUpstream: number };
+const nodeDone = (r: { events: Array<Record<string, unknown>> }, stack: string): { proxy?: Counters } | undefined =>
+  r.events.find((e) => e.type === "node-done" && e.stack === stack);
+
 function virtualSize(file: string): number {
   return (JSON.parse(execFileSync("qemu-img", ["info", "-U", "--output=json", file], { encoding: "utf8" })) as { "virtual-size": number })["virtual-size"];
 }
@@ -154,6 +158,29 @@ describe.skipIf(!isRoot || !wanted)("Debian bookworm", () => {
       const finalLog = await fs.readFile(path.join(logs, "cloud:web:openstack.log"), "utf8");
       expect(finalLog).toContain("openstack: reset cloud-init");
       expect(finalLog).toMatch(/openstack: removed the build key from \/home\/debian\/\.ssh\/authorized_keys/);
+
+      // The package cache: every byte apt fetched went through it, and a rebuild after a comment-only change
+      // fetches (almost) nothing from outside: packages from the cache, index files revalidated.
+      const first = nodeDone(b, "cloud:web")?.proxy;
+      expect(first?.requests ?? 0).toBeGreaterThan(0);
+      expect(first?.bytesFromUpstream ?? 0).toBeGreaterThan(1_000_000);
+      const install = path.join(root, "layers/web/target/install");
+      await fs.appendFile(install, "# only this comment changed\n");
+      const plan = await dbuild(["plan"], { cwd: root });
+      expect(plan.code, plan.stderr).toBe(0);
+      expect(plan.stdout).toMatch(/cloud:web\b.*stale/);
+      const why = await dbuild(["why", "cloud:web:openstack"], { cwd: root });
+      expect(why.code, why.stderr).toBe(0);
+      expect(why.stdout).toMatch(/web/);
+      const t1 = Date.now();
+      const b2 = await dbuild(["build", "cloud:web", "--progress", "json"], { cwd: root, env: { DBUILD_CACHE_HOME: userCacheHome() } });
+      expect(b2.code, b2.stderr).toBe(0);
+      const second = nodeDone(b2, "cloud:web")?.proxy;
+      console.log(
+        `cloud:web second build (comment-only change): ${((Date.now() - t1) / 1000).toFixed(0)} s; from outside ${second?.bytesFromUpstream} B vs ${first?.bytesFromUpstream} B the first time`,
+      );
+      expect(second?.requests ?? 0).toBeGreaterThan(0);
+      expect(second?.bytesFromUpstream ?? Infinity).toBeLessThanOrEqual(0.01 * (first?.bytesFromUpstream ?? 0));
 
       // The deliverables on their own: a fresh key, a fresh seed (new instance), nothing else from dbuild.
       const fresh = path.join(tmp, "fresh-key");

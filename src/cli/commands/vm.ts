@@ -237,6 +237,8 @@ export function registerVmCommands(program: Command): void {
         user = st.user ?? "root";
         keyPath = st.keyPath;
       }
+      // `dbuild ssh NAME -- CMD`: the separator is ours, not part of the remote command.
+      if (command[0] === "--") command = command.slice(1);
       const tty = command.length === 0;
       process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath, port, user, host, command, tty }));
     });
