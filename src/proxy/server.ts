@@ -43,13 +43,15 @@ export interface ProxyStats {
   stale: number;
   bytesFromCache: number;
   bytesFromUpstream: number;
+  /** The part of bytesFromUpstream that was package payloads (immutable URLs), not index files. */
+  packageBytesFromUpstream: number;
   /** Bytes through CONNECT tunnels, both ways (HTTPS; never cached). */
   bytesTunneled: number;
   failures: UpstreamFailure[];
 }
 
 export function emptyStats(): ProxyStats {
-  return { requests: 0, hits: 0, revalidated: 0, fetched: 0, stale: 0, bytesFromCache: 0, bytesFromUpstream: 0, bytesTunneled: 0, failures: [] };
+  return { requests: 0, hits: 0, revalidated: 0, fetched: 0, stale: 0, bytesFromCache: 0, bytesFromUpstream: 0, packageBytesFromUpstream: 0, bytesTunneled: 0, failures: [] };
 }
 
 const MAX_FAILURES = 50;
@@ -62,6 +64,7 @@ export function addStats(into: ProxyStats, s: ProxyStats): ProxyStats {
   into.stale += s.stale;
   into.bytesFromCache += s.bytesFromCache;
   into.bytesFromUpstream += s.bytesFromUpstream;
+  into.packageBytesFromUpstream += s.packageBytesFromUpstream;
   into.bytesTunneled += s.bytesTunneled;
   for (const f of s.failures) if (into.failures.length < MAX_FAILURES) into.failures.push(f);
   return into;
@@ -239,7 +242,11 @@ export class PackageProxy {
     }
     if (status >= 400) this.fail(stats, { url, message: `HTTP ${status}${up.statusMessage ? ` ${up.statusMessage}` : ""}` });
     if (status === 200) stats.fetched++;
-    up.on("data", (c: Buffer) => (stats.bytesFromUpstream += c.length));
+    const payload = classifyUrl(url) === "immutable";
+    up.on("data", (c: Buffer) => {
+      stats.bytesFromUpstream += c.length;
+      if (payload) stats.packageBytesFromUpstream += c.length;
+    });
     const policy = new CachePolicy(policyReq, { status, headers: up.headers }, { shared: true });
     res.writeHead(status, up.statusMessage, plainHeaders(up.headers));
     if (status !== 200 || !policy.storable()) {

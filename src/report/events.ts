@@ -37,6 +37,8 @@ export interface ProxyCounters {
   stale: number;
   bytesFromCache: number;
   bytesFromUpstream: number;
+  /** The part of bytesFromUpstream that was package payloads (.deb, .rpm, .apk, by-hash), not index files. */
+  packageBytesFromUpstream: number;
   /** HTTPS tunnelled through CONNECT (never cached), both ways. */
   bytesTunneled: number;
   /** Upstream failures (connection errors, HTTP errors). */

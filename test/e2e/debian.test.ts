@@ -8,7 +8,8 @@
  *    imported by file + sha256 with `ssh: {user: debian}` and `disk:`; a layer installing nginx with
  *    apt-get runs as root through sudo; the openstack and vagrant deliverables boot on their own and
  *    accept a fresh key given through a fresh NoCloud seed (and refuse the build key).
- * Needs root (mmdebstrap) and deb.debian.org; runs only with DBUILD_TEST_DEBIAN=1.
+ * Needs root (mmdebstrap) and deb.debian.org; part of the suite when run as root (as CI does).
+ * DBUILD_TEST_DEBIAN=0 leaves it out (e.g. offline).
  */
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs/promises";
@@ -22,9 +23,9 @@ import { baseProjectDir, ensureDebianBase, ensureGenericCloud, userCacheHome } f
 import { sha256File } from "../../src/util/digest.js";
 
 const isRoot = process.getuid?.() === 0;
-// Opt-in until it has run green on a quiet machine: DBUILD_TEST_DEBIAN=1 (each Debian boot is a minute or
-// more under TCG, and mmdebstrap took 25 minutes on the loaded development machine).
-const wanted = process.env.DBUILD_TEST_DEBIAN === "1";
+// About 10 minutes on a quiet 2-core machine with nothing cached (two mmdebstrap runs, six Debian boots).
+const wanted = process.env.DBUILD_TEST_DEBIAN !== "0";
+if (!isRoot && wanted) console.warn("test/e2e/debian.test.ts skipped: mmdebstrap builds the Debian base as root (run the suite as root)");
 const GiB = 1024 ** 3;
 let tmp = "";
 const pids: number[] = [];
@@ -43,7 +44,7 @@ afterAll(async () => {
   if (tmp) await fs.rm(tmp, { recursive: true, force: true });
 });
 
-type Counters = { requests: number; bytesFromUpstream: number };
+type Counters = { requests: number; bytesFromUpstream: number; packageBytesFromUpstream: number };
 const nodeDone = (r: { events: Array<Record<string, unknown>> }, stack: string): { proxy?: Counters } | undefined =>
   r.events.find((e) => e.type === "node-done" && e.stack === stack);
 
@@ -180,7 +181,11 @@ describe.skipIf(!isRoot || !wanted)("Debian bookworm", () => {
         `cloud:web second build (comment-only change): ${((Date.now() - t1) / 1000).toFixed(0)} s; from outside ${second?.bytesFromUpstream} B vs ${first?.bytesFromUpstream} B the first time`,
       );
       expect(second?.requests ?? 0).toBeGreaterThan(0);
-      expect(second?.bytesFromUpstream ?? Infinity).toBeLessThanOrEqual(0.01 * (first?.bytesFromUpstream ?? 0));
+      // Not one package byte from outside; index files are revalidated (304, no body) unless the archive
+      // published new ones in between (bookworm-updates and the security suite change several times a day).
+      expect(first?.packageBytesFromUpstream ?? 0).toBeGreaterThan(1_000_000);
+      expect(second?.packageBytesFromUpstream).toBe(0);
+      expect(second?.bytesFromUpstream ?? Infinity).toBeLessThan(0.05 * (first?.bytesFromUpstream ?? 0));
 
       // The deliverables on their own: a fresh key, a fresh seed (new instance), nothing else from dbuild.
       const fresh = path.join(tmp, "fresh-key");

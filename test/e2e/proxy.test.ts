@@ -88,7 +88,7 @@ describe("package cache (micro guest, busybox wget, origin on 127.0.0.1)", () =>
     const a = await run("build", "micro:aptdir:fetch");
     expect(a.code, a.stdout.slice(-3000) + a.stderr).toBe(0);
     const first = nodeDone(a.events, "micro:aptdir:fetch")?.proxy;
-    expect(first).toMatchObject({ fetched: 2, bytesFromUpstream: DEB.length + INDEX.length, bytesFromCache: 0, failures: 0 });
+    expect(first).toMatchObject({ fetched: 2, bytesFromUpstream: DEB.length + INDEX.length, packageBytesFromUpstream: DEB.length, bytesFromCache: 0, failures: 0 });
     expect(seen.map((s) => s.path).sort()).toEqual(["/dists/test/InRelease", "/pool/main/t/tool_1.0_all.deb"]);
     const totals = a.events.find((e) => e.type === "build-done")?.proxy as Record<string, unknown>;
     expect(totals).toMatchObject({ bytesFromUpstream: DEB.length + INDEX.length, cacheDir: path.join(cacheHome, "proxy") });
@@ -99,7 +99,7 @@ describe("package cache (micro guest, busybox wget, origin on 127.0.0.1)", () =>
     expect(b.code, b.stdout.slice(-3000) + b.stderr).toBe(0);
     const second = nodeDone(b.events, "micro:aptdir:fetch")?.proxy;
     // The package from the cache as it is; the index revalidated (304, no body).
-    expect(second).toMatchObject({ hits: 1, revalidated: 1, fetched: 0, bytesFromUpstream: 0, bytesFromCache: DEB.length + INDEX.length });
+    expect(second).toMatchObject({ hits: 1, revalidated: 1, fetched: 0, bytesFromUpstream: 0, packageBytesFromUpstream: 0, bytesFromCache: DEB.length + INDEX.length });
     expect(seen).toEqual([{ path: "/dists/test/InRelease", conditional: true }]);
   }, 600_000);
 
