@@ -44,7 +44,7 @@ afterAll(async () => {
   if (tmp) await fs.rm(tmp, { recursive: true, force: true });
 });
 
-type Counters = { requests: number; bytesFromUpstream: number; packageBytesFromUpstream: number };
+type Counters = { requests: number; bytesFromCache: number; bytesFromUpstream: number; packageBytesFromUpstream: number };
 const nodeDone = (r: { events: Array<Record<string, unknown>> }, stack: string): { proxy?: Counters } | undefined =>
   r.events.find((e) => e.type === "node-done" && e.stack === stack);
 
@@ -162,9 +162,10 @@ describe.skipIf(!isRoot || !wanted)("Debian bookworm", () => {
 
       // The package cache: every byte apt fetched went through it, and a rebuild after a comment-only change
       // fetches (almost) nothing from outside: packages from the cache, index files revalidated.
+      // (The first build may itself be served from the cache: the test's user cache outlives a run.)
       const first = nodeDone(b, "cloud:web")?.proxy;
-      expect(first?.requests ?? 0).toBeGreaterThan(0);
-      expect(first?.bytesFromUpstream ?? 0).toBeGreaterThan(1_000_000);
+      const served = (c: Counters | undefined): number => (c ? c.bytesFromCache + c.bytesFromUpstream : 0);
+      expect(served(first)).toBeGreaterThan(1_000_000);
       const install = path.join(root, "layers/web/target/install");
       await fs.appendFile(install, "# only this comment changed\n");
       const plan = await dbuild(["plan"], { cwd: root });
@@ -178,14 +179,14 @@ describe.skipIf(!isRoot || !wanted)("Debian bookworm", () => {
       expect(b2.code, b2.stderr).toBe(0);
       const second = nodeDone(b2, "cloud:web")?.proxy;
       console.log(
-        `cloud:web second build (comment-only change): ${((Date.now() - t1) / 1000).toFixed(0)} s; from outside ${second?.bytesFromUpstream} B vs ${first?.bytesFromUpstream} B the first time`,
+        `cloud:web second build (comment-only change): ${((Date.now() - t1) / 1000).toFixed(0)} s; from outside ${second?.bytesFromUpstream} B of ${served(second)} B served (first build: ${first?.bytesFromUpstream} B of ${served(first)} B)`,
       );
       expect(second?.requests ?? 0).toBeGreaterThan(0);
       // Not one package byte from outside; index files are revalidated (304, no body) unless the archive
       // published new ones in between (bookworm-updates and the security suite change several times a day).
-      expect(first?.packageBytesFromUpstream ?? 0).toBeGreaterThan(1_000_000);
+      expect(served(second)).toBeGreaterThan(1_000_000);
       expect(second?.packageBytesFromUpstream).toBe(0);
-      expect(second?.bytesFromUpstream ?? Infinity).toBeLessThan(0.05 * (first?.bytesFromUpstream ?? 0));
+      expect(second?.bytesFromUpstream ?? Infinity).toBeLessThan(0.05 * served(second));
 
       // The deliverables on their own: a fresh key, a fresh seed (new instance), nothing else from dbuild.
       const fresh = path.join(tmp, "fresh-key");
