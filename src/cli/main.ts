@@ -2,7 +2,7 @@
  * The CLI: parses flags, wires stages, renders errors, sets exit codes. No logic of its own.
  *
  * Exit codes: 0 success; 1 a build step failed; 2 bad project, stack name or option;
- * 130 interrupted (SIGINT/SIGTERM).
+ * 75 the build dir is locked by another dbuild and --no-wait was given; 130 interrupted (SIGINT/SIGTERM).
  */
 import { Command, CommanderError } from "commander";
 import pc from "picocolors";
@@ -35,6 +35,8 @@ export async function main(argv: string[]): Promise<number> {
     .option("-C, --dir <dir>", "project root (default: the current directory)")
     .enablePositionalOptions()
     .exitOverride()
+    // A usage error names the fix, like every other bad input.
+    .showHelpAfterError("(run `dbuild help` or `dbuild COMMAND --help` for the options)")
     .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) });
   addBuildOptions(program.argument("[stacks...]", "stacks to build, e.g. micro:web:openstack"))
     .option("--watch <path>", "watch a layer directory and rebuild on change (same as `dbuild watch PATH`; repeatable)", collect)
@@ -48,6 +50,7 @@ export async function main(argv: string[]): Promise<number> {
           ...(o.shell ? { shell: true } : {}),
           ...(o.jobs ? { jobs: o.jobs } : {}),
           ...(o.progress ? { progress: o.progress } : {}),
+          ...(o.wait === false ? { wait: false } : {}),
         });
         return;
       }

@@ -5,7 +5,6 @@
  */
 import * as os from "node:os";
 import type { Command } from "commander";
-import lockfile from "proper-lockfile";
 import { OciClient } from "../cache/oci.js";
 import { buildMatrix } from "../cache/shard.js";
 import { remoteArtifacts } from "../cache/sync.js";
@@ -18,7 +17,9 @@ import type { Project } from "../project/types.js";
 import type { Reporter } from "../report/events.js";
 import { renderPlanDot, renderPlanJson, renderPlanText } from "../report/plan.js";
 import { JsonReporter, PlainReporter, TtyReporter } from "../report/reporters.js";
+import { LOCKED_EXIT, lockBuildDir as lockStore, waitingMessage, type Release } from "../store/lock.js";
 import type { Store } from "../store/store.js";
+import { reapOrphanVms } from "../vm/orphans.js";
 import { DbuildError, errorMessage } from "../util/errors.js";
 
 /** `-C DIR`, else the current directory. */
@@ -53,24 +54,31 @@ export function parseJobs(v: string | undefined, project: Project): number {
   return n;
 }
 
-/** Hold the build dir for the whole build: two builds in one dir would race on the same tmp objects. */
-export async function lockBuildDir(store: Store): Promise<() => Promise<void>> {
-  await store.init();
-  try {
-    return await lockfile.lock(store.internalDir, { stale: 30_000, update: 10_000, retries: 0, realpath: false });
-  } catch {
-    throw new DbuildError({
-      reason: "locked",
-      where: store.buildDir,
-      message: "another dbuild is building in this build dir",
-      hint: "wait for it to finish (or remove the stale lock .dbuild.lock if no dbuild is running)",
-    });
-  }
+export const NO_WAIT_FLAG = "--no-wait";
+export const NO_WAIT_HELP = `if another dbuild holds the build dir, fail (exit ${LOCKED_EXIT}) instead of waiting`;
+
+/**
+ * Hold the build dir (two builds in one dir would race on the same tmp objects). If another dbuild holds
+ * it, say who and wait (cargo's "Blocking waiting for file lock"), unless --no-wait.
+ */
+export async function lockBuildDir(store: Store, o: { wait?: boolean; signal?: AbortSignal } = {}): Promise<Release> {
+  return lockStore(store, {
+    command: ["dbuild", ...process.argv.slice(2)].join(" "),
+    wait: o.wait ?? true,
+    ...(o.signal ? { signal: o.signal } : {}),
+    onWait: (holder) => process.stderr.write(`${waitingMessage(store, holder)}\n`),
+  });
 }
 
-/** Is a dbuild building in this build dir now (holding the lock lockBuildDir takes)? */
-export async function buildDirLocked(store: Store): Promise<boolean> {
-  return lockfile.check(store.internalDir, { stale: 30_000, realpath: false }).catch(() => false);
+/**
+ * Called with the build-dir lock held, before a build: no other dbuild runs here, so QEMU processes left
+ * by a dbuild that died (their pidfiles in .dbuild/vms) are orphans: kill them before their temporary
+ * disks are removed.
+ */
+export async function prepareBuildDir(store: Store): Promise<void> {
+  const reaped = await reapOrphanVms(store.vmsDir);
+  if (reaped.length) process.stderr.write(`dbuild: stopped ${reaped.length} QEMU process(es) left by an earlier dbuild that died (pid ${reaped.join(", ")})\n`);
+  await store.cleanTmp();
 }
 
 /** Ctrl-C / SIGTERM abort the build: running VMs are stopped, nothing half-built is published. */

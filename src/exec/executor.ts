@@ -16,6 +16,7 @@ import { qemuImg } from "../store/qemu-img.js";
 import type { Store } from "../store/store.js";
 import type { NodeRecord } from "../model/store.js";
 import { errorMessage } from "../util/errors.js";
+import { diskFullError, isDiskFull } from "./disk-full.js";
 import { NodeLog } from "./node-log.js";
 import { runnerFor } from "./runners/index.js";
 import type { RunContext } from "./runners/types.js";
@@ -231,7 +232,9 @@ async function buildNode(
       ...(proxyCounters && proxyCounters.requests > 0 ? { proxy: proxyCounters } : {}),
     });
     if (opts.afterPublish) await opts.afterPublish(node, rec);
-  } catch (e) {
+  } catch (caught) {
+    let e = caught;
+    if (!signal.aborted && isDiskFull(e)) e = await diskFullError(e, store, work);
     const message = signal.aborted ? "interrupted" : errorMessage(e);
     log.note(`FAILED in ${step}: ${message}`);
     await log.close();

@@ -8,6 +8,7 @@ import * as path from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { loadExeca } from "../util/lazy.js";
+import { withParentDeathSignal } from "../util/parent-death.js";
 import type { Step } from "../report/events.js";
 import type { NodeLog } from "./node-log.js";
 import { StepError } from "./step-error.js";
@@ -19,8 +20,16 @@ export async function runHostScript(
   opts: { cwd: string; env: Record<string, string>; log: NodeLog; signal: AbortSignal; timeoutMs: number },
 ): Promise<void> {
   opts.log.note(`${step}: ${file}`);
+  // Checked here: under setpriv a missing or non-executable script is only an exit code of setpriv's.
+  try {
+    await fs.access(file, fs.constants.X_OK);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") throw new StepError(step, `${file} not found`);
+    throw new StepError(step, `${file} is not executable (chmod +x it)`);
+  }
   const execa = await loadExeca();
-  const child = execa(file, [], {
+  const [cmd, argv] = withParentDeathSignal(file, []);
+  const child = execa(cmd, argv, {
     cwd: opts.cwd,
     env: opts.env,
     extendEnv: true,

@@ -5,12 +5,14 @@
  *
  * The snapshot, the sockets and the logs all live in that one directory, which is the VM's run dir: every
  * way the VM ends (stop(), a kill, Ctrl-C, a crash of this process through the cleanup registry) removes
- * it. Never in the build dir: published objects are immutable and other images are backed by them.
+ * it. Never in the build dir: published objects are immutable and other images are backed by them. The
+ * snapshot is registered with the store while it exists, so gc keeps its backing chain.
  */
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { Project } from "../project/types.js";
+import { registerSnapshot, unregisterSnapshot } from "../store/snapshots.js";
 import type { Store } from "../store/store.js";
 import type { QemuVm } from "../vm/qemu.js";
 import type { Login } from "./login.js";
@@ -51,6 +53,8 @@ export async function startThrowawayVm(o: ThrowawayOptions): Promise<ThrowawayVm
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), o.tmpPrefix));
   const disk = path.join(dir, o.diskName);
   try {
+    // Registered before it is created: gc must never remove the object this snapshot is backed by.
+    await registerSnapshot(o.store, disk);
     const { vm, resumed } = await startImageVm({
       project: o.project,
       store: o.store,
@@ -77,12 +81,14 @@ export async function startThrowawayVm(o: ThrowawayOptions): Promise<ThrowawayVm
         stopped ??= (async () => {
           await vm.kill();
           await fs.rm(dir, { recursive: true, force: true });
+          await unregisterSnapshot(o.store, disk);
         })();
         return stopped;
       },
     };
   } catch (e) {
     await fs.rm(dir, { recursive: true, force: true });
+    await unregisterSnapshot(o.store, disk);
     throw e;
   }
 }

@@ -36,7 +36,7 @@ export interface BuildVmRequest {
   parentObject: string;
   /** Where the layer's writes go (created here). */
   tmpImage: string;
-  vm: Pick<VmOptions, "mem" | "cpus" | "keyPath" | "serialLog" | "runDir" | "user" | "seed">;
+  vm: Pick<VmOptions, "mem" | "cpus" | "keyPath" | "serialLog" | "runDir" | "user" | "seed" | "pidFile">;
   /** The layer sets `disk:`: grow the child before the VM boots (a plain boot: a resumed guest's RAM knows the old size). */
   grow?: (file: string) => Promise<void>;
   signal: AbortSignal;
@@ -61,7 +61,8 @@ export interface BuildVm {
 export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
   const s = r.project.settings;
   const parentPath = r.store.objectPath(r.parentObject);
-  const base = projectVmOptions(s, { ...r.vm, disk: r.tmpImage, signal: r.signal });
+  const { pidFile, ...vmOpts } = r.vm;
+  const base = { ...projectVmOptions(s, { ...vmOpts, disk: r.tmpImage, signal: r.signal }), ...(pidFile ? { pidFile } : {}) };
   const childOf = (backing: string, file: string): Promise<string> =>
     // Relative backing path: the files can move with the build dir.
     qemuImg(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", path.relative(path.dirname(file), backing), file], r.signal);

@@ -1,6 +1,6 @@
 /**
- * Garbage collection: remove store objects no target needs, never one that a kept image or a
- * snapshot file in the project is backed by.
+ * Garbage collection: remove store objects no target needs, never one that a kept image, a snapshot
+ * file in the project or a registered snapshot anywhere (snap, run, shell) is backed by.
  *
  * Kept: the objects of every node of every target's current plan (their keys' records), plus whatever
  * those objects and the project's snapshot files are really backed by (read from the qcow2 headers,
@@ -10,6 +10,10 @@
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { NodeKey } from "../model/plan.js";
+import { qcow2Backing } from "./qcow2.js";
+import { registeredSnapshots } from "./snapshots.js";
+
+export { qcow2Backing } from "./qcow2.js";
 import type { Store } from "./store.js";
 import { WarmStore } from "./warm.js";
 
@@ -17,31 +21,6 @@ export interface GcResult {
   removed: { file: string; bytes: number }[];
   freedBytes: number;
   kept: number;
-}
-
-const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
-
-/** Backing file name recorded in a qcow2 header (offset 8: u64 offset, offset 16: u32 size). */
-export async function qcow2Backing(file: string): Promise<string | undefined> {
-  let fh: fs.FileHandle | undefined;
-  try {
-    fh = await fs.open(file, "r");
-    const head = Buffer.alloc(20);
-    await fh.read(head, 0, 20, 0);
-    if (!head.subarray(0, 4).equals(QCOW2_MAGIC)) return undefined;
-    const off = Number(head.readBigUInt64BE(8));
-    const size = head.readUInt32BE(16);
-    if (!off || !size || size > 4096) return undefined;
-    const name = Buffer.alloc(size);
-    await fh.read(name, 0, size, off);
-    const resolved = path.resolve(path.dirname(file), name.toString("utf8"));
-    // Through the objects/.dbuild self-link: compare real paths.
-    return await fs.realpath(resolved).catch(() => resolved);
-  } catch {
-    return undefined;
-  } finally {
-    await fh?.close();
-  }
 }
 
 /** Regular files under `dir` that are qcow2 images (snapshots), skipping the store and dependencies. */
@@ -92,6 +71,8 @@ export async function collectGarbage(
   const snaps: string[] = [];
   await findSnapshots(projectRoot, new Set([store.internalDir]), snaps);
   if (!store.buildDir.startsWith(projectRoot + path.sep)) await findSnapshots(store.buildDir, new Set([store.internalDir]), snaps);
+  // Snapshots registered by snap, run and shell, wherever they are (outside the project too).
+  snaps.push(...(await registeredSnapshots(store, { prune: !opts.dryRun })));
   for (const s of snaps) {
     const b = await qcow2Backing(s);
     if (b) await keepChain(b);
@@ -112,7 +93,10 @@ export async function collectGarbage(
     const file = store.objectPath(name);
     const st = await fs.stat(file);
     removed.push({ file, bytes: st.blocks * 512 });
-    if (!opts.dryRun) await fs.rm(file, { force: true });
+    if (!opts.dryRun) {
+      await fs.rm(file, { force: true });
+      await fs.rm(path.join(store.sumsDir, `${name}.json`), { force: true });
+    }
   }
   if (!opts.dryRun) {
     // Records whose object is gone, and views/deliverable links left dangling.

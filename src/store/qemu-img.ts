@@ -1,10 +1,12 @@
 import { loadExeca } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
+import { withParentDeathSignal } from "../util/parent-death.js";
 
 /** Run qemu-img; a failure becomes a DbuildError carrying its stderr. */
 export async function qemuImg(args: string[], signal?: AbortSignal): Promise<string> {
   const execa = await loadExeca();
-  const r = await execa("qemu-img", args, { reject: false, cancelSignal: signal, stripFinalNewline: true });
+  const [file, argv] = withParentDeathSignal("qemu-img", args);
+  const r = await execa(file, argv, { reject: false, cancelSignal: signal, stripFinalNewline: true });
   if (r.failed) {
     throw new DbuildError({
       reason: "qemu-img",

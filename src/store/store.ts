@@ -11,6 +11,9 @@
  *   .dbuild/objects/.dbuild -> ..  makes that relative path resolve from objects/ as well as from build/
  *   .dbuild/records/<key>.json     what the object was built from (inputs, parent key, duration)
  *   .dbuild/tmp/                   work in progress; never referenced by a published object
+ *   .dbuild/sums/<object>.json     size, mtime, ctime and sha256 of each object at publish: a record is
+ *                                  trusted only while its object (and the objects it is backed by) match
+ *   .dbuild/vms/<name>.pid         pidfile of each running build VM (QEMU -pidfile), for reaping orphans
  *
  * Why objects are never replaced: a child's qcow2 holds only a delta over its parent's bytes. If a
  * parent object changed under a child, the child would silently become garbage. So a rebuild of a key
@@ -22,9 +25,11 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { NodeKey } from "../model/plan.js";
 import type { NodeRecord, StoreView } from "../model/store.js";
+import { qcow2Backing } from "./qcow2.js";
 import { qemuImg } from "./qemu-img.js";
 import { sha256File } from "../util/digest.js";
 import { pathExists } from "../util/fs.js";
+import { fsyncPath, writeFileAtomic } from "./durable.js";
 
 export class Store implements StoreView {
   readonly buildDir: string;
@@ -34,6 +39,11 @@ export class Store implements StoreView {
   readonly tmpDir: string;
   readonly logsDir: string;
   readonly cacheDir: string;
+  /** Pidfiles of running build VMs (reaped by the next run if their dbuild died). */
+  readonly vmsDir: string;
+  /** Per object: size, timestamps and sha256 recorded at publish (see objectOk). */
+  readonly sumsDir: string;
+  private readonly objectOkCache = new Map<string, Promise<boolean>>();
   private readonly recordCache = new Map<string, NodeRecord | null>();
   /** Digests of objects published by this process, picked up by commit() for their records. */
   private readonly publishedDigests = new Map<string, string>();
@@ -46,10 +56,12 @@ export class Store implements StoreView {
     this.tmpDir = path.join(this.internalDir, "tmp");
     this.logsDir = path.join(this.buildDir, "logs");
     this.cacheDir = path.join(this.internalDir, "cache");
+    this.vmsDir = path.join(this.internalDir, "vms");
+    this.sumsDir = path.join(this.internalDir, "sums");
   }
 
   async init(): Promise<void> {
-    for (const d of [this.objectsDir, this.recordsDir, this.tmpDir, this.logsDir, this.cacheDir]) {
+    for (const d of [this.objectsDir, this.recordsDir, this.tmpDir, this.logsDir, this.cacheDir, this.vmsDir, this.sumsDir]) {
       await fs.mkdir(d, { recursive: true });
     }
     // QEMU resolves a relative backing file against the directory of the name it opened, not of the
@@ -91,13 +103,62 @@ export class Store implements StoreView {
     let rec: NodeRecord | null = null;
     try {
       rec = JSON.parse(await fs.readFile(path.join(this.recordsDir, `${key}.json`), "utf8")) as NodeRecord;
-      // A record without its object is not an image (object deleted by hand, or gc in progress).
+      // A record without its object is not an image (object deleted by hand, or gc in progress), nor is one
+      // whose object, or an object it is backed by, no longer matches what was published (bit rot, a
+      // write through a chmod, a torn copy): that node is rebuilt rather than used.
       if (!(await pathExists(this.objectPath(rec.object)))) rec = null;
+      else if (!(await this.chainOk(rec.object))) rec = null;
+      else if (rec.deliverable && !(await this.objectOk(rec.deliverable.object))) rec = null;
     } catch {
       rec = null;
     }
     this.recordCache.set(key, rec);
     return rec ?? undefined;
+  }
+
+  /**
+   * True if the object still matches its publish-time sum: same size, and either the same mtime and ctime
+   * (cheap: nothing wrote to it) or, when they changed (a copy of the build dir, a write), the same
+   * sha256, re-checked once and then re-stamped. Objects published before sums existed are trusted.
+   */
+  objectOk(name: string): Promise<boolean> {
+    let p = this.objectOkCache.get(name);
+    if (!p) {
+      p = this.checkObject(name);
+      this.objectOkCache.set(name, p);
+    }
+    return p;
+  }
+
+  private async checkObject(name: string): Promise<boolean> {
+    const sumFile = path.join(this.sumsDir, `${name}.json`);
+    let sum: ObjectSum;
+    try {
+      sum = JSON.parse(await fs.readFile(sumFile, "utf8")) as ObjectSum;
+    } catch {
+      return true;
+    }
+    let st: import("node:fs").Stats;
+    try {
+      st = await fs.stat(this.objectPath(name));
+    } catch {
+      return false;
+    }
+    if (st.size !== sum.size) return false;
+    if (st.mtimeMs === sum.mtimeMs && st.ctimeMs === sum.ctimeMs) return true;
+    if ((await objectDigest(this.objectPath(name))) !== sum.digest) return false;
+    await writeFileAtomic(sumFile, JSON.stringify({ ...sum, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs }) + "\n").catch(() => undefined);
+    return true;
+  }
+
+  /** objectOk for the object and every store object it is backed by (a child's delta needs its parent's bytes). */
+  async chainOk(name: string): Promise<boolean> {
+    let cur: string | undefined = this.objectPath(name);
+    for (let depth = 0; cur && path.dirname(cur) === this.objectsDir && depth < 64; depth++) {
+      if (!(await this.objectOk(path.basename(cur)))) return false;
+      cur = await qcow2Backing(cur);
+    }
+    return true;
   }
 
   /** Object file name the view of `stack` points at, if the view is a link into the objects dir. */
@@ -192,8 +253,10 @@ export class Store implements StoreView {
     }
     // Hashed once here, while the file is still in the page cache, so a push or a child's pull never
     // has to read the object again. A caller that knows the digest (a pull) passes it.
-    const d = digest ?? `sha256:${await sha256File(tmpFile)}`;
-    const name = await this.publishFile(tmpFile, key, "qcow2");
+    const d = digest ?? (await objectDigest(tmpFile));
+    // A pulled blob re-linked to its local parent no longer has the blob's bytes: hash the file for its sum.
+    const fileDigest = digest && parentObject ? await objectDigest(tmpFile) : d;
+    const name = await this.publishFile(tmpFile, key, "qcow2", fileDigest);
     this.publishedDigests.set(name, d);
     return name;
   }
@@ -212,15 +275,26 @@ export class Store implements StoreView {
     return digest;
   }
 
-  /** Atomically move a finished file into objects/ as `<key>.<ext>` (or `<key>.<n>.<ext>`), read-only. */
-  async publishFile(tmpFile: string, key: NodeKey, ext: string): Promise<string> {
+  /**
+   * Atomically move a finished file into objects/ as `<key>.<ext>` (or `<key>.<n>.<ext>`), read-only.
+   * Durable before it is named: its data is fsynced before the link, the directory entry after, and its
+   * sum (size, timestamps, sha256) is written, also fsynced, before any record or view refers to it.
+   */
+  async publishFile(tmpFile: string, key: NodeKey, ext: string, digest?: string): Promise<string> {
     await fs.chmod(tmpFile, 0o444);
+    await fsyncPath(tmpFile);
+    const fileDigest = digest ?? (await objectDigest(tmpFile));
     for (let n = 0; ; n++) {
       const name = n === 0 ? `${key}.${ext}` : `${key}.${n}.${ext}`;
       try {
         // link() fails if the name exists: never replaces an object another image may be backed by.
         await fs.link(tmpFile, this.objectPath(name));
         await fs.unlink(tmpFile);
+        await fsyncPath(this.objectsDir);
+        const st = await fs.stat(this.objectPath(name));
+        const sum: ObjectSum = { size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, digest: fileDigest };
+        await writeFileAtomic(path.join(this.sumsDir, `${name}.json`), JSON.stringify(sum) + "\n");
+        this.objectOkCache.set(name, Promise.resolve(true));
         return name;
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
@@ -245,6 +319,7 @@ export class Store implements StoreView {
     const tmp = `${link}.tmp-${randomBytes(4).toString("hex")}`;
     await fs.symlink(path.relative(path.dirname(link), target), tmp);
     await fs.rename(tmp, link);
+    await fsyncPath(path.dirname(link));
   }
 
   /** Drop a record (gc): its object is gone, so it no longer describes an image. */
@@ -278,9 +353,15 @@ export class Store implements StoreView {
   }
 }
 
-export async function writeFileAtomic(file: string, data: string): Promise<void> {
-  const tmp = `${file}.tmp-${randomBytes(4).toString("hex")}`;
-  await fs.writeFile(tmp, data);
-  await fs.rename(tmp, file);
+/** What an object was at publish (`.dbuild/sums/<object>.json`). */
+interface ObjectSum {
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  digest: string;
 }
 
+/** An object's sha256 as the records and sums write it (`sha256:HEX`). */
+async function objectDigest(file: string): Promise<string> {
+  return `sha256:${await sha256File(file)}`;
+}

@@ -194,6 +194,22 @@ export class GuestAgent {
     return this.call<GuestNetworkInterface[]>("guest-network-get-interfaces", undefined, opts);
   }
 
+  /** A small file's content (guest-file-open/read/close), or undefined if it cannot be opened. */
+  async readFile(file: string, opts: AgentCallOptions & { maxBytes?: number } = {}): Promise<Buffer | undefined> {
+    let handle: number;
+    try {
+      handle = await this.call<number>("guest-file-open", { path: file, mode: "r" }, opts);
+    } catch {
+      return undefined;
+    }
+    try {
+      const r = await this.call<{ "buf-b64": string; count: number }>("guest-file-read", { handle, count: opts.maxBytes ?? 65536 }, opts);
+      return Buffer.from(r["buf-b64"], "base64");
+    } finally {
+      await this.call("guest-file-close", { handle }, opts).catch(() => undefined);
+    }
+  }
+
   /** First IPv4 address of a non-loopback interface, or undefined if none is configured yet. */
   async firstIpv4(opts: AgentCallOptions = {}): Promise<string | undefined> {
     return pickIpv4(await this.networkInterfaces(opts));

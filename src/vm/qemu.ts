@@ -11,10 +11,12 @@ import { DbuildError, errorMessage } from "../util/errors.js";
 import { accelArgs, resolveAccelerator, type ResolvedAccel } from "./accel.js";
 import { GuestAgent } from "./agent.js";
 import { freeTcpPort, randomMac, releasePort } from "./ports.js";
+import { withParentDeathSignal } from "./orphans.js";
 import { QmpClient } from "./qmp.js";
 import { resumeIncoming } from "./warm.js";
 import { installVmCleanupHandlers, registerVm, unregisterVm } from "./registry.js";
-import { rsyncTo } from "./rsync.js";
+import { guestHostKeys, knownHostsLine } from "./hostkeys.js";
+import { HOST_ALIAS, rsyncTo } from "./rsync.js";
 import { writeNoCloudSeed } from "./seed.js";
 import { SshSession, waitForSsh } from "./ssh.js";
 import type { ExecOptions, ExecResult, Vm, VmOptions, VmUsage } from "./types.js";
@@ -125,7 +127,9 @@ function spawnQemu(args: string[], opts: { detached: boolean; logFile: string })
     }
     child.unref();
   } else {
-    child = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "ignore", "pipe"] });
+    // Killed by the kernel if dbuild dies in any way, SIGKILL and the OOM killer included.
+    const [file, argv] = withParentDeathSignal("qemu-system-x86_64", args);
+    child = spawn(file, argv, { stdio: ["ignore", "ignore", "pipe"] });
     child.stderr?.on("data", (d: Buffer) => {
       stderr = (stderr + d.toString()).slice(-8192);
     });
@@ -156,6 +160,16 @@ export class QemuVm implements Vm {
   private readonly spawnedAt = Date.now();
   private exitedAt?: number;
   private lastCpu?: number;
+  /**
+   * Set when the VM failed in a way no command will report in time (guest panic or reboot, QEMU killed,
+   * host disk full): running and later commands fail at once with it, not after an SSH timeout.
+   */
+  fault?: DbuildError;
+  private readonly faultCtl = new AbortController();
+  /** The guest's SSH host key, checked through the guest agent at boot; every later connection must show it. */
+  hostKey?: Buffer;
+  /** known_hosts file with hostKey (for OpenSSH: rsync, `dbuild ssh`). */
+  knownHosts?: string;
 
   constructor(
     readonly opts: VmOptions,
@@ -167,10 +181,91 @@ export class QemuVm implements Vm {
     readonly qmpSocket: string,
     readonly agentSocket: string,
   ) {
-    void spawned.exited.then(() => {
+    void spawned.exited.then((how) => {
       this.hasExited = true;
       this.exitedAt = Date.now();
       if (!opts.detached) unregisterVm(this.pid);
+      if (!this.stopping) {
+        const by = how.signal ? `was killed by ${how.signal}` : `exited with code ${how.code ?? "?"}`;
+        this.setFault("qemu-exited", `QEMU (pid ${this.pid}) ${by} while the VM was in use`, "something outside dbuild stopped QEMU (the OOM killer, a kill command); see the serial console");
+      }
+    });
+  }
+
+  /** Record a fault (the first one wins), stop the VM and abort every command in flight. */
+  setFault(reason: string, message: string, hint: string): void {
+    if (this.fault) return;
+    const tail = tailFile(this.opts.serialLog, 15);
+    this.fault = new DbuildError(
+      {
+        reason,
+        where: this.opts.disk,
+        message: message + (tail ? `\nlast lines of the serial console (${this.opts.serialLog}):\n${tail}` : ""),
+        hint,
+      },
+      1,
+    );
+    this.faultCtl.abort(this.fault);
+    if (!this.hasExited) this.spawned.child.kill("SIGKILL");
+  }
+
+  /**
+   * Watch QMP events for the VM's whole life. Run with -no-reboot and werror=stop: a reboot becomes a
+   * SHUTDOWN, a host write error pauses the guest (BLOCK_IO_ERROR, then STOP) instead of corrupting it.
+   */
+  watchEvents(qmp: QmpClient): void {
+    qmp.on("event", (ev: { event: string; data?: Record<string, unknown> }) => {
+      const d = ev.data ?? {};
+      const str = (v: unknown, dflt: string): string => (typeof v === "string" ? v : dflt);
+      if (ev.event === "BLOCK_IO_ERROR") {
+        const nospace = d.nospace === true;
+        this.setFault(
+          nospace ? "disk-full" : "disk-io-error",
+          nospace
+            ? `the host file system holding ${this.opts.disk} is full: QEMU could not write the VM's disk (${str(d.operation, "write")})`
+            : `QEMU could not ${str(d.operation, "access")} the VM's disk: ${str(d.reason, "I/O error")}`,
+          nospace ? "free space on that file system (or move the build dir), then build again" : "check the host disk (dmesg) and build again",
+        );
+      } else if (ev.event === "GUEST_PANICKED") {
+        this.setFault("guest-panic", "the guest kernel panicked", "see the serial console above; the layer's install broke the guest");
+      } else if (ev.event === "SHUTDOWN" && !this.stopping) {
+        const reason = str(d.reason, "unknown");
+        const what = reason === "guest-reset" ? "rebooted" : reason === "guest-panic" ? "panicked" : reason === "guest-shutdown" ? "powered off" : `shut down (${reason})`;
+        this.setFault(
+          reason === "guest-panic" ? "guest-panic" : "guest-shutdown",
+          `the guest ${what} while dbuild was using it`,
+          "a layer's install must not reboot or power off the VM (dbuild powers it off after the install)",
+        );
+      }
+    });
+  }
+
+  /** `p`, or the fault if one happens first. */
+  private guarded<T>(p: Promise<T>): Promise<T> {
+    const fault = this.fault;
+    if (fault) {
+      p.catch(() => undefined);
+      return Promise.reject(fault);
+    }
+    return new Promise<T>((resolve, reject) => {
+      const onFault = (): void => reject(this.fault ?? new Error("VM fault"));
+      this.faultCtl.signal.addEventListener("abort", onFault, { once: true });
+      p.then(
+        (v) => {
+          this.faultCtl.signal.removeEventListener("abort", onFault);
+          if (this.fault) reject(this.fault);
+          else resolve(v);
+        },
+        (e: unknown) => {
+          this.faultCtl.signal.removeEventListener("abort", onFault);
+          // A lost SSH connection is often seen before QEMU's exit: give the exit (the real cause) a moment.
+          let t: NodeJS.Timeout | undefined;
+          void Promise.race([this.spawned.exited, new Promise((r) => (t = setTimeout(r, 500)))]).then(() => {
+            clearTimeout(t);
+            reject(this.fault ?? (e instanceof Error ? e : new Error(String(e))));
+          });
+        },
+      );
     });
   }
 
@@ -204,7 +299,10 @@ export class QemuVm implements Vm {
     this.sshConnecting ??= (async () => {
       try {
         const key = await fs.readFile(this.opts.keyPath);
-        this.ssh = await SshSession.connect({ host: this.sshHost, port: this.sshPort, username: this.user, privateKey: key }, { timeoutMs: 15_000, signal });
+        this.ssh = await SshSession.connect(
+          { host: this.sshHost, port: this.sshPort, username: this.user, privateKey: key, ...(this.hostKey ? { hostKey: this.hostKey } : {}) },
+          { timeoutMs: 15_000, signal },
+        );
         return this.ssh;
       } finally {
         this.sshConnecting = undefined;
@@ -214,12 +312,16 @@ export class QemuVm implements Vm {
   }
 
   async exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+    if (this.fault) throw this.fault;
     if (this.hasExited) throw new Error(`VM ${this.opts.disk} is not running`);
-    return (await this.session(opts.signal)).exec(command, opts);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, this.faultCtl.signal]) : this.faultCtl.signal;
+    return this.guarded((async () => (await this.session(signal)).exec(command, { ...opts, signal }))());
   }
 
   rsyncTo(localDir: string, remoteDir: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
-    return rsyncTo(localDir, remoteDir, { host: this.sshHost, port: this.sshPort, keyPath: this.opts.keyPath, username: this.user }, opts);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, this.faultCtl.signal]) : this.faultCtl.signal;
+    const target = { host: this.sshHost, port: this.sshPort, keyPath: this.opts.keyPath, username: this.user, ...(this.knownHosts ? { knownHosts: this.knownHosts } : {}) };
+    return this.guarded(rsyncTo(localDir, remoteDir, target, { signal }));
   }
 
   /** Close our connections without touching QEMU (detached VMs keep running after this). */
@@ -251,8 +353,13 @@ export class QemuVm implements Vm {
 
   shutdown(opts: { timeoutMs?: number } = {}): Promise<void> {
     this.usage();
+    const before = this.fault;
+    if (before) return this.kill().then(() => Promise.reject(before));
     this.stopping ??= this.doShutdown(opts.timeoutMs ?? 30_000);
-    return this.stopping;
+    // A fault while powering off (the disk filled up during the last writes) still fails the node.
+    return this.stopping.then(() => {
+      if (this.fault) throw this.fault;
+    });
   }
 
   private async doShutdown(timeoutMs: number): Promise<void> {
@@ -311,6 +418,7 @@ export class QemuVm implements Vm {
     this.disconnect();
     if (this.hostPort !== undefined) releasePort(this.hostPort);
     if (!this.opts.detached) unregisterVm(this.pid);
+    if (this.opts.pidFile) await fs.rm(this.opts.pidFile, { force: true });
     for (const d of this.dirs) await fs.rm(d, { recursive: true, force: true });
   }
 
@@ -339,8 +447,14 @@ function buildArgs(o: {
     "-smp", String(opts.cpus),
     // writeback (QEMU's default) rather than unsafe: a clean poweroff flushes either way, but
     // unsafe could leave a torn image if QEMU is killed while the store is publishing it.
-    "-drive", `file=${qemuPath(opts.disk)},if=virtio,format=qcow2,cache=writeback,discard=unmap`,
+    // werror/rerror=stop: a host I/O error (a full disk) pauses the guest and is reported by QMP at once,
+    // instead of reaching the guest as a disk error it might not survive.
+    "-drive", `file=${qemuPath(opts.disk)},if=virtio,format=qcow2,cache=writeback,discard=unmap,werror=stop,rerror=stop`,
     ...(o.seedImage ? ["-drive", `file=${qemuPath(o.seedImage)},if=virtio,format=raw,readonly=on`] : []),
+    // A reboot (a reboot loop, or panic=N after a kernel panic) ends QEMU with a SHUTDOWN event.
+    "-no-reboot",
+    // pvpanic: a guest kernel panic is a GUEST_PANICKED event, where the guest driver is loaded.
+    "-device", "pvpanic",
     "-device", "virtio-rng-pci",
     "-chardev", `socket,id=qmp,path=${qemuPath(o.qmpSocket)},server=on,wait=off`,
     "-mon", "chardev=qmp,mode=control",
@@ -360,6 +474,8 @@ function buildArgs(o: {
   if (opts.vnc) args.push("-vga", "std", "-vnc", "127.0.0.1:0,to=99");
   // exec: runs through /bin/sh: quote the path. QEMU waits for the state before running the guest.
   if (opts.resume) args.push("-incoming", `exec:cat '${opts.resume.stateFile.replace(/'/g, "'\\''")}'`);
+  // The next run reaps this QEMU by its pidfile if it was left behind (see orphans.ts).
+  if (opts.pidFile) args.push("-pidfile", opts.pidFile);
   return args;
 }
 
@@ -424,6 +540,39 @@ export async function startVm(opts: VmOptions): Promise<QemuVm> {
   }
 }
 
+/**
+ * The key SSH presented must be one the guest holds, read through the agent (no one on the network can
+ * answer there). Bridge mode requires it; in user mode (a loopback port forward) a guest whose keys the
+ * agent cannot read is accepted, a mismatch never is. The key is then pinned for every later connection.
+ */
+async function verifyHostKey(vm: QemuVm, presented: Buffer | undefined, signal: AbortSignal): Promise<void> {
+  const known = vm.agent ? await guestHostKeys(vm.agent, { signal }) : [];
+  const bridge = vm.opts.network.mode === "bridge";
+  if (presented && known.some((k) => k.equals(presented))) {
+    vm.hostKey = presented;
+    vm.knownHosts = path.join(vm.opts.runDir, "known_hosts");
+    await fs.writeFile(vm.knownHosts, knownHostsLine(HOST_ALIAS, presented));
+    return;
+  }
+  if (!bridge && known.length === 0) {
+    if (presented) vm.hostKey = presented;
+    return;
+  }
+  throw new DbuildError(
+    {
+      reason: "host-key",
+      where: `${vm.sshHost}:${vm.sshPort}`,
+      message: known.length
+        ? "the SSH host key presented over the network is not one the guest holds (read through the guest agent): another machine may be answering for the guest's address"
+        : "cannot check the guest's SSH host key: the guest agent could read none of /etc/ssh/ssh_host_*_key.pub or /etc/dropbear/dropbear_*_host_key",
+      hint: known.length
+        ? "check the bridge for a duplicate IP address or a man in the middle"
+        : "bridge mode needs a guest agent that allows guest-file-open/guest-file-read on the host keys (or use network.mode: user)",
+    },
+    1,
+  );
+}
+
 /** The last readiness stage: SSH runs commands (on the forwarded port in user mode, the guest IP in bridge mode). */
 async function waitSshStage(vm: QemuVm, hostPort: number | undefined, deadline: number, signal: AbortSignal, t0: number): Promise<SshSession> {
   if (vm.opts.network.mode === "bridge") {
@@ -434,13 +583,18 @@ async function waitSshStage(vm: QemuVm, hostPort: number | undefined, deadline: 
     vm.sshPort = hostPort ?? 22;
   }
   const key = await fs.readFile(vm.opts.keyPath);
+  let presented: Buffer | undefined;
   // Bounded by the deadline only: a Debian guest takes a minute or more before sshd listens.
-  const s = await waitForSsh({ host: vm.sshHost, port: vm.sshPort, username: vm.user, privateKey: key }, {
+  const s = await waitForSsh({ host: vm.sshHost, port: vm.sshPort, username: vm.user, privateKey: key, onHostKey: (k) => (presented = k) }, {
     deadline,
     signal,
     onAttempt: (n) => (vm.timings.sshAttempts = n),
   });
   vm.timings.sshAttempts = (vm.timings.sshAttempts ?? 0) + 1;
+  await verifyHostKey(vm, presented, signal).catch((e: unknown) => {
+    s.close();
+    throw e;
+  });
   vm.adoptSsh(s);
   vm.timings.ssh = Date.now() - t0;
   return s;
@@ -467,6 +621,7 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
   try {
     vm.qmp = await QmpClient.connect(vm.qmpSocket, { timeoutMs: Math.max(1, deadline - Date.now()), signal });
     vm.timings.qmp = Date.now() - t0;
+    if (!opts.detached) vm.watchEvents(vm.qmp);
     // The guest opening the agent port is an event: use it to retry at once instead of waiting out an attempt.
     let attemptCtl = new AbortController();
     vm.qmp.on("event", (ev) => {
@@ -532,6 +687,14 @@ async function waitReady(vm: QemuVm, hostPort: number | undefined, deadline: num
       vm.timings.ip = Date.now() - t0;
     }
   } catch (e) {
+    // A socket closed by a dying QEMU can be seen before its exit: give the exit a moment to arrive.
+    if (cause === undefined && !vm.exited && !opts.signal?.aborted) {
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([vm.waitExit(), new Promise((r) => (t = setTimeout(r, 500)))]);
+      clearTimeout(t);
+    }
+    // A panic, reboot or full disk seen by QMP says more than "QEMU exited".
+    if (vm.fault && vm.fault.problems[0]?.reason !== "qemu-exited") throw vm.fault;
     if (cause === "exit" || vm.exited) {
       await sleep(50); // let the stderr pipe drain
       const err = vm.stderr().trim();

@@ -9,15 +9,25 @@ export interface RsyncTarget {
   port: number;
   keyPath: string;
   username?: string;
+  /** known_hosts holding the guest's verified host key under HOST_ALIAS; without it keys are not checked. */
+  knownHosts?: string;
 }
 
-/** The OpenSSH command line used by rsync and `dbuild ssh`: no host key checks, never prompts. */
-export function sshArgs(t: { port: number; keyPath: string }): string[] {
+/** The name the verified key is filed under in a VM's known_hosts (the address may be reused). */
+export const HOST_ALIAS = "dbuild-vm";
+
+/**
+ * The OpenSSH command line used by rsync and `dbuild ssh`: never prompts; with a VM's known_hosts, only its
+ * verified host key is accepted.
+ */
+export function sshArgs(t: { port: number; keyPath: string; knownHosts?: string }): string[] {
+  const hostKeys = t.knownHosts
+    ? ["-o", "StrictHostKeyChecking=yes", "-o", `UserKnownHostsFile=${t.knownHosts}`, "-o", `HostKeyAlias=${HOST_ALIAS}`]
+    : ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"];
   return [
     "-i", t.keyPath,
     "-p", String(t.port),
-    "-o", "StrictHostKeyChecking=no",
-    "-o", "UserKnownHostsFile=/dev/null",
+    ...hostKeys,
     "-o", "LogLevel=ERROR",
     "-o", "BatchMode=yes",
     "-o", "IdentitiesOnly=yes",

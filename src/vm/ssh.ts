@@ -1,7 +1,7 @@
 /**
  * Commands in the guest over SSH with the `ssh2` library: one connection per VM, streamed output,
- * exit status. Host keys are neither verified nor stored: we only ever talk to a throwaway guest over
- * loopback (or the build bridge), and every guest has fresh host keys.
+ * exit status. The first handshake's host key is checked against the keys the guest holds, read through
+ * the guest agent (vm/hostkeys.ts), then pinned for every later connection.
  */
 import type { Client, ConnectConfig } from "ssh2";
 import { loadSsh2 } from "../util/lazy.js";
@@ -15,6 +15,9 @@ export interface SshTarget {
   /** Default root. */
   username?: string;
   privateKey: string | Buffer;
+  /** Accept only this host key (raw blob); without it any key is accepted and reported to onHostKey. */
+  hostKey?: Buffer;
+  onHostKey?: (key: Buffer) => void;
 }
 
 /**
@@ -83,7 +86,11 @@ export class SshSession {
       privateKey: target.privateKey,
       // Our own timer below: ssh2's readyTimeout can fire as an error event after the attempt was given up.
       readyTimeout: 0,
-      hostVerifier: () => true,
+      // Pinned once the key was checked through the guest agent (see vm/hostkeys.ts).
+      hostVerifier: (key: Buffer) => {
+        target.onHostKey?.(key);
+        return target.hostKey ? key.equals(target.hostKey) : true;
+      },
       algorithms: { serverHostKey: [...HOST_KEY_ALGORITHMS] },
       keepaliveInterval: 15_000,
       keepaliveCountMax: 4,

@@ -32,6 +32,11 @@ export interface VmOptions {
   bootTimeoutMs: number;
   /** Start a VNC server on 127.0.0.1. */
   vnc?: boolean;
+  /**
+   * QEMU writes its pid here (`-pidfile`), so that a later run can reap it if it outlived its dbuild
+   * (see reapOrphanVms). Build VMs only: the caller must own the directory's lock.
+   */
+  pidFile?: string;
   /** Keep QEMU running after this process exits (throwaway `dbuild run`). Default false. */
   detached?: boolean;
   signal?: AbortSignal;

@@ -35,6 +35,11 @@ export interface WatchSessionOptions {
   onPlan?: (plan: Plan) => void;
   /** Aborted = stop (Ctrl-C): the running build is aborted, VMs are stopped, then run() resolves. */
   signal: AbortSignal;
+  /**
+   * Take the build-dir lock for one build (waiting if another dbuild holds it); resolves with its release.
+   * The session holds the lock only while it builds, so other commands can run between changes.
+   */
+  lock?: (signal: AbortSignal) => Promise<() => Promise<void>>;
 }
 
 interface Running {
@@ -182,13 +187,28 @@ export class WatchSession {
     if (stale.length) {
       // The old shell shows an image that is about to be replaced, and it competes for the CPUs.
       await this.stopShell();
-      res = await build(project, plan, new Store(project.settings.buildDir), {
-        jobs: o.jobs ?? project.settings.jobs,
-        keepGoing: false,
-        keepFailed: false,
-        signal,
-        emit: o.emit,
-      });
+      let release: (() => Promise<void>) | undefined;
+      try {
+        release = await o.lock?.(signal);
+      } catch (e) {
+        if (!signal.aborted) throw e;
+      }
+      try {
+        // Another dbuild may have built these nodes while we waited for the lock: plan again under it.
+        const current = o.lock && !signal.aborted ? await this.plan(project, stacks, signal) : plan;
+        if (current !== plan) o.onPlan?.(current);
+        if (!signal.aborted) {
+          res = await build(project, current, new Store(project.settings.buildDir), {
+            jobs: o.jobs ?? project.settings.jobs,
+            keepGoing: false,
+            keepFailed: false,
+            signal,
+            emit: o.emit,
+          });
+        }
+      } finally {
+        await release?.();
+      }
     }
     const cancelled = signal.aborted;
     // A cancelled cycle proves nothing about its keys: the next change must build again even if it

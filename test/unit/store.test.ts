@@ -9,6 +9,7 @@ import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { NodeKey } from "../../src/model/plan.js";
 import { collectGarbage, qcow2Backing } from "../../src/store/gc.js";
+import { registeredSnapshots, registerSnapshot } from "../../src/store/snapshots.js";
 import { Store } from "../../src/store/store.js";
 import type { NodeRecord } from "../../src/model/store.js";
 
@@ -89,5 +90,68 @@ describe("store", () => {
     expect(left.filter((n) => n !== ".dbuild").sort()).toEqual([a.object, b.object, d.object].sort());
     await expect(fs.lstat(store.viewPath("micro:old"))).rejects.toThrow();
     expect(await store.record(k("c"))).toBeUndefined();
+  });
+});
+
+describe("registered snapshots", () => {
+  it("gc keeps the object a registered snapshot outside the project is backed by, and forgets deleted ones", async () => {
+    const a = await publish("micro", k("a"), null);
+    const e = await publish("micro:gone", k("e"), a);
+    const outside = await fs.mkdtemp(path.join(os.tmpdir(), "dbuild-outside-"));
+    try {
+      const snapFile = path.join(outside, "snap.qcow2");
+      img(snapFile, store.objectPath(e.object));
+      // Not in the project: without registration gc would remove e.
+      expect((await collectGarbage(store, path.join(root, "project"), [k("a")], { dryRun: true })).removed.map((r) => path.basename(r.file))).toEqual([e.object]);
+      await registerSnapshot(store, snapFile);
+      expect(await registeredSnapshots(store, { prune: false })).toEqual([snapFile]);
+      const res = await collectGarbage(store, path.join(root, "project"), [k("a")], { dryRun: false });
+      expect(res.removed).toEqual([]);
+      expect(await fs.readdir(store.objectsDir)).toContain(e.object);
+      // The snapshot is deleted by its owner: its registration goes, and so can the object.
+      await fs.rm(snapFile);
+      const res2 = await collectGarbage(store, path.join(root, "project"), [k("a")], { dryRun: false });
+      expect(res2.removed.map((r) => path.basename(r.file))).toEqual([e.object]);
+      expect(await registeredSnapshots(store, { prune: false })).toEqual([]);
+      expect(await fs.readdir(path.join(store.internalDir, "snapshots"))).toEqual([]);
+    } finally {
+      await fs.rm(outside, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("durable, verified publish", () => {
+  it("a record is trusted only while its object and the objects it is backed by match their publish-time sums", async () => {
+    const a = await publish("micro", k("a"), null);
+    const b = await publish("micro:web", k("b"), a);
+    const sum = JSON.parse(await fs.readFile(path.join(store.sumsDir, `${a.object}.json`), "utf8")) as { size: number; digest: string };
+    expect(sum.size).toBe((await fs.stat(store.objectPath(a.object))).size);
+    expect(sum.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
+    // A copy of the build dir changes ctime: the digest is re-checked once and still matches.
+    const copy = path.join(root, "copy");
+    execFileSync("cp", ["-a", store.buildDir, copy]);
+    const copied = new Store(copy);
+    expect((await copied.record(k("b")))?.object).toBe(b.object);
+    // Flip one bit in the middle of the parent object, as a write through a chmod would.
+    const file = store.objectPath(a.object);
+    await fs.chmod(file, 0o644);
+    const fh = await fs.open(file, "r+");
+    const off = Math.floor(sum.size / 2);
+    const byte = Buffer.alloc(1);
+    await fh.read(byte, 0, 1, off);
+    byte[0] = byte[0]! ^ 0x10;
+    await fh.write(byte, 0, 1, off);
+    await fh.close();
+    await fs.chmod(file, 0o444);
+    const fresh = new Store(store.buildDir);
+    expect(await fresh.record(k("a"))).toBeUndefined();
+    // The child's own bytes are intact, but its delta sits on corrupt bytes: not trusted either.
+    expect(await fresh.record(k("b"))).toBeUndefined();
+    expect(await fresh.viewShows("micro:web", k("b"))).toBe(false);
+    // A truncated object (a torn copy) is caught by its size alone.
+    await fs.chmod(store.objectPath(b.object), 0o644);
+    await fs.truncate(store.objectPath(b.object), 1024);
+    expect(await new Store(copy).record(k("b"))).toBeDefined();
+    expect(await new Store(store.buildDir).objectOk(b.object)).toBe(false);
   });
 });

@@ -16,7 +16,9 @@ import { Store } from "../../store/store.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { DbuildError } from "../../util/errors.js";
 import { parseShard, shardSelect } from "../../cache/shard.js";
-import { interruptController, lockBuildDir, makeReporter, parseJobs, projectRoot, runPlan, warnReport } from "../shared.js";
+import { interruptController, lockBuildDir, makeReporter, NO_WAIT_FLAG, NO_WAIT_HELP, parseJobs, prepareBuildDir, projectRoot, runPlan, warnReport } from "../shared.js";
+import { requireHostTools } from "../../exec/host-tools.js";
+import type { Release } from "../../store/lock.js";
 
 export interface BuildCliOptions {
   jobs?: string;
@@ -33,6 +35,8 @@ export interface BuildCliOptions {
   cold?: boolean;
   force?: boolean;
   trace?: string;
+  /** --no-wait sets false: fail instead of waiting for another dbuild's lock. */
+  wait?: boolean;
 }
 
 export function addBuildOptions(cmd: Command): Command {
@@ -50,7 +54,8 @@ export function addBuildOptions(cmd: Command): Command {
     .option("--cache-to <url>", "push every node built to this OCI cache (a failed push is a warning)")
     .option("--shard <i/n>", "build only share I of N of the stale nodes (CI; use with a shared cache)")
     .option("--cold", "boot every build VM instead of resuming a warm snapshot of its parent (discards those snapshots)")
-    .option("--force", "rebuild the named stacks and every stack below them in VMs, whatever the store or --cache-from holds");
+    .option("--force", "rebuild the named stacks and every stack below them in VMs, whatever the store or --cache-from holds")
+    .option(NO_WAIT_FLAG, NO_WAIT_HELP);
 }
 
 export interface RunBuildExtras {
@@ -92,6 +97,7 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
   const f = o.force ? forcedStacks(project, stacks) : undefined;
   const jobs = parseJobs(o.jobs, project);
   const shard = o.shard !== undefined ? parseShard(o.shard) : undefined;
+  requireHostTools(project);
   const store = new Store(project.settings.buildDir);
   const report = new ReportWriter({ root, store, onError: warnReport });
   const reporter = new MultiReporter([
@@ -101,10 +107,17 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
     ...(extras.reporters ?? []),
   ]);
   installVmCleanupHandlers();
-  const release = await lockBuildDir(store);
   const intr = interruptController();
+  let release: Release;
   try {
-    await store.cleanTmp();
+    release = await lockBuildDir(store, { wait: o.wait ?? true, signal: intr.signal });
+  } catch (e) {
+    intr.dispose();
+    if (intr.signal.aborted) return 130;
+    throw e;
+  }
+  try {
+    await prepareBuildDir(store);
     const plan = await makePlan(project, f ? f.plan : stacks, store, f ? { force: f.force } : {});
     // The report shows each node as it is: another shard's share stays stale there (the executor skips it as fresh).
     report.setPlan(shard ? { ...plan, nodes: plan.nodes.map((n) => ({ ...n })) } : plan);

@@ -10,10 +10,11 @@ import { loadProject } from "../../project/load.js";
 import type { Project } from "../../project/types.js";
 import { Store } from "../../store/store.js";
 import { DbuildError, problemText } from "../../util/errors.js";
-import { interruptController, lockBuildDir, projectRoot } from "../shared.js";
+import { interruptController, lockBuildDir, NO_WAIT_FLAG, NO_WAIT_HELP, prepareBuildDir, projectRoot } from "../shared.js";
 import { mib } from "../../util/units.js";
 
 interface CacheCliOptions {
+  wait?: boolean;
   cache?: string;
 }
 
@@ -96,7 +97,7 @@ export async function runPull(root: string, stacks: "all" | string[], o: CacheCl
   const project = await loadProject(root);
   const url = cacheUrlFor(o, project, "from", "pull");
   const store = new Store(project.settings.buildDir);
-  const release = await lockBuildDir(store);
+  const release = await lockBuildDir(store, { wait: o.wait ?? true });
   const intr = interruptController();
   let pulled = 0;
   let fresh = 0;
@@ -105,7 +106,7 @@ export async function runPull(root: string, stacks: "all" | string[], o: CacheCl
   let bytes = 0;
   const t0 = Date.now();
   try {
-    await store.cleanTmp();
+    await prepareBuildDir(store);
     const cache = new RemoteCache(url, store);
     const plan = await makePlan(project, stacks, store);
     const byStack = new Map(plan.nodes.map((n) => [n.stack, n]));
@@ -171,6 +172,7 @@ export function registerCacheCommands(program: Command): void {
     });
   program
     .command("pull")
+    .option(NO_WAIT_FLAG, NO_WAIT_HELP)
     .description("pull every node that is stale here but in the OCI cache (parents first; no VM)")
     .argument("[stacks...]", "stacks, or `all` (default: every target)")
     .option("--cache <url>", "oci://HOST[:PORT]/REPO (default: demobuild.yaml cache.from, else cache.to)")

@@ -4,7 +4,7 @@ import { makePlan } from "../../plan/planner.js";
 import { loadProject } from "../../project/load.js";
 import { collectGarbage } from "../../store/gc.js";
 import { Store } from "../../store/store.js";
-import { lockBuildDir, projectRoot } from "../shared.js";
+import { lockBuildDir, NO_WAIT_FLAG, NO_WAIT_HELP, projectRoot } from "../shared.js";
 import { mib } from "../../util/units.js";
 
 export function registerGcCommand(program: Command): void {
@@ -12,11 +12,12 @@ export function registerGcCommand(program: Command): void {
     .command("gc")
     .description("remove images no target needs; never one a kept image or a snapshot in the project is backed by")
     .option("-n, --dry-run", "only list what would be removed")
-    .action(async (o: { dryRun?: boolean }, cmd: Command) => {
+    .option(NO_WAIT_FLAG, NO_WAIT_HELP)
+    .action(async (o: { dryRun?: boolean; wait?: boolean }, cmd: Command) => {
       const root = projectRoot(cmd);
       const project = await loadProject(root);
       const store = new Store(project.settings.buildDir);
-      const release = await lockBuildDir(store);
+      const release = await lockBuildDir(store, { wait: o.wait ?? true });
       try {
         const plan = await makePlan(project, "all", store);
         const res = await collectGarbage(store, project.root, plan.nodes.map((n) => n.key), { dryRun: o.dryRun ?? false });

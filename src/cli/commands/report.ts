@@ -12,7 +12,8 @@ import { writeChromeTrace } from "../../report/trace.js";
 import { reportPath, writeReportFile } from "../../report/writer.js";
 import { Store } from "../../store/store.js";
 import { DbuildError } from "../../util/errors.js";
-import { buildDirLocked, markRemote, projectRoot } from "../shared.js";
+import { buildDirLocked } from "../../store/lock.js";
+import { markRemote, projectRoot } from "../shared.js";
 
 export interface ReportCliOptions {
   output?: string;

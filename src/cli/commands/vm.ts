@@ -9,6 +9,7 @@ import path from "node:path";
 import type { Command } from "commander";
 import { loadProject } from "../../project/load.js";
 import type { Project } from "../../project/types.js";
+import { registerSnapshot } from "../../store/snapshots.js";
 import { DbuildError } from "../../util/errors.js";
 import { createChild } from "../../vm/image.js";
 import { ensureProjectKey } from "../../vm/keys.js";
@@ -90,6 +91,8 @@ export async function snap(project: Project, image: string, name: string, opts: 
     throw new DbuildError({ reason: "exists", where: name, message: "file exists", hint: "remove it or pass --force" });
   }
   if (opts.force) await fs.rm(dst, { force: true });
+  // Registered first: gc must never remove the object this snapshot is about to be backed by.
+  await registerSnapshot(new Store(project.settings.buildDir), dst);
   await createChild(backing, dst);
   return dst;
 }
@@ -110,7 +113,7 @@ function refuseBuildDirImage(project: Project, image: string): void {
 function positiveInt(what: string) {
   return (v: string): number => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new DbuildError({ reason: "bad-option", where: what, message: `"${v}" is not a positive whole number` });
+    if (!Number.isInteger(n) || n < 1) throw new DbuildError({ reason: "bad-option", where: what, message: `"${v}" is not a positive whole number`, hint: `e.g. ${what} ${what === "--mem" ? 1024 : 2}` });
     return n;
   };
 }
@@ -164,6 +167,8 @@ export function registerVmCommands(program: Command): void {
       const image = path.resolve(name);
       if (!(await pathExists(image))) throw new DbuildError({ reason: "no-image", where: name, message: "no such file", hint: "create one with `dbuild snap STACK NAME`" });
       refuseBuildDirImage(project, image);
+      // A snapshot made by other means (qemu-img create -b build/STACK.qcow2) is protected from gc too.
+      await registerSnapshot(new Store(project.settings.buildDir), image);
       const sp = statePath(image);
       try {
         const prev = JSON.parse(await fs.readFile(sp, "utf8")) as RunState;

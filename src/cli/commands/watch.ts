@@ -19,7 +19,7 @@ import { isWatchEvent, type WatchEvent } from "../../watch/events.js";
 import { WatchSession } from "../../watch/session.js";
 import { resolveWatchPaths } from "../../watch/watcher.js";
 import { statePath, type RunState } from "../../vm/run-state.js";
-import { interruptController, lockBuildDir, parseJobs, projectRoot, warnReport } from "../shared.js";
+import { interruptController, lockBuildDir, NO_WAIT_FLAG, NO_WAIT_HELP, parseJobs, prepareBuildDir, projectRoot, warnReport } from "../shared.js";
 import { ReportWriter } from "../../report/writer.js";
 
 export interface WatchCliOptions {
@@ -33,6 +33,8 @@ export interface WatchCliOptions {
   debounce?: string;
   /** Also print the cycles that found nothing changed. */
   verbose?: boolean;
+  /** --no-wait: a cycle fails instead of waiting when another dbuild holds the build dir. */
+  wait?: boolean;
 }
 
 type Write = (s: string) => void;
@@ -182,10 +184,8 @@ export async function runWatch(root: string, paths: string[], o: WatchCliOptions
     else if (e.type === "watch-cycle-done" && e.outcome !== "cancelled") void report.finish();
   };
   installVmCleanupHandlers();
-  const release = await lockBuildDir(store);
   const intr = interruptController();
   try {
-    await store.cleanTmp();
     await new WatchSession({
       root: absRoot,
       specs,
@@ -196,14 +196,23 @@ export async function runWatch(root: string, paths: string[], o: WatchCliOptions
       emit,
       onPlan: (plan) => report.setPlan(plan),
       signal: intr.signal,
+      // Held only while a cycle builds: `dbuild build`, `gc` or `pull` in another terminal run in between.
+      lock: async (signal) => {
+        const release = await lockBuildDir(store, { wait: o.wait ?? true, signal });
+        try {
+          await prepareBuildDir(store);
+        } catch (e) {
+          await release();
+          throw e;
+        }
+        return release;
+      },
     }).run();
     return 130;
   } finally {
     intr.dispose();
     report.close();
     await report.settled();
-    await store.cleanTmp().catch(() => undefined);
-    await release().catch(() => undefined);
   }
 }
 
@@ -218,7 +227,8 @@ export function addWatchOptions(cmd: Command): Command {
     .option("-j, --jobs <n>", "nodes built at once (default: demobuild.yaml jobs, else the number of cores)")
     .option("--progress <mode>", "tty | plain | json (NDJSON build and watch-* events)")
     .option("--debounce <ms>", "quiet time before a rebuild starts (default 200)")
-    .option("-v, --verbose", "also report changes that left every fingerprint unchanged");
+    .option("-v, --verbose", "also report changes that left every fingerprint unchanged")
+    .option(NO_WAIT_FLAG, NO_WAIT_HELP);
 }
 
 export function registerWatchCommands(program: Command): void {

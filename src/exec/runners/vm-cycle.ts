@@ -159,6 +159,8 @@ async function boot({ project, layer, node, store, log, setStep, warn, signal, t
         runDir,
         user: login.user,
         ...(login.seed ? { seed: { instanceId: SEED_INSTANCE_ID } } : {}),
+        // The next run reaps this QEMU by its pidfile if dbuild dies some way pdeathsig misses.
+        pidFile: path.join(store.vmsDir, `${path.basename(tmpImage)}.pid`),
       },
       signal,
       note: warn,
