@@ -277,7 +277,7 @@ describe("faults", () => {
       expect(failed?.stack).toBe("micro:fill");
       const msg = String(failed?.message);
       expect(msg).toContain(`no space left on the file system holding the build dir ${build(d.root)}`);
-      expect(msg).toMatch(/had written \d+ MiB when it stopped/);
+      expect(msg).toMatch(/had written [\d.]+ MiB when it stopped/);
       expect(msg).toContain("Nothing was published");
       const ms = failed!.time - fillAt;
       expect(ms).toBeLessThan(30_000);
