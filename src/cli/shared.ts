@@ -28,6 +28,24 @@ export function projectRoot(cmd: Command): string {
   return o.dir ?? process.cwd();
 }
 
+/**
+ * The options of `cmd` and of the commands above it (`dbuild --progress json build X` means the same as
+ * `dbuild build X --progress json`), where a value given on the command line beats a default at any level.
+ * commander's optsWithGlobals lets the outer command win, so the root's default for a negatable flag
+ * (`--no-wait`: wait = true) would hide `dbuild all --no-wait`.
+ */
+export function commandOptions<T>(cmd: Command): T {
+  const chain: Command[] = [];
+  for (let c: Command | null = cmd; c; c = c.parent) chain.unshift(c);
+  const out: Record<string, unknown> = {};
+  for (const c of chain) {
+    for (const [k, v] of Object.entries(c.opts())) {
+      if (c.getOptionValueSource(k) !== "default" || !(k in out)) out[k] = v;
+    }
+  }
+  return out as T;
+}
+
 export function makeReporter(mode: string | undefined): Reporter {
   const write = (s: string): void => {
     process.stdout.write(s);

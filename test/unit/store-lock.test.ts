@@ -1,6 +1,6 @@
 // The build-dir lock is a kernel lock (flock) held by a child process: released the moment its holder
 // dies (SIGKILL included), never stale while the holder lives, and a waiter learns who holds it.
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -104,6 +104,20 @@ describe("build-dir lock", () => {
     // The look left the lock free for a real taker.
     const release = await lockBuildDir(store, { command: "dbuild all", wait: false });
     await release();
+  });
+
+  it("the CLI honours --no-wait wherever it is given (after the command, before it, after a stack)", async () => {
+    // A project with one host-built base layer: nothing here needs a VM, the lock is refused first.
+    await fs.mkdir(path.join(root, "layers", "base"), { recursive: true });
+    await fs.mkdir(path.join(root, "targets"));
+    await fs.writeFile(path.join(root, "layers", "base", "install"), "#!/bin/sh\nexit 1\n", { mode: 0o755 });
+    await fs.writeFile(path.join(root, "targets", "base"), "");
+    holder = await holdInChild();
+    for (const args of [["all", "--no-wait"], ["build", "--no-wait"], ["--no-wait", "build"], ["base", "--no-wait"], ["gc", "--no-wait"]]) {
+      const r = spawnSync(process.execPath, [path.join(repo, "bin", "dbuild.js"), "-C", root, ...args], { encoding: "utf8", timeout: 20_000 });
+      expect(r.status, `dbuild ${args.join(" ")}: ${r.stderr}`).toBe(LOCKED_EXIT);
+      expect(r.stderr).toContain(`the build dir is locked by pid ${holder.pid}`);
+    }
   });
 
   it("the same process can take and release it repeatedly (watch: once per build)", async () => {

@@ -16,7 +16,7 @@ import { Store } from "../../store/store.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { DbuildError } from "../../util/errors.js";
 import { parseShard, shardSelect } from "../../cache/shard.js";
-import { interruptController, lockBuildDir, makeReporter, NO_WAIT_FLAG, NO_WAIT_HELP, parseJobs, prepareBuildDir, projectRoot, runPlan, warnReport } from "../shared.js";
+import { commandOptions, interruptController, lockBuildDir, makeReporter, NO_WAIT_FLAG, NO_WAIT_HELP, parseJobs, prepareBuildDir, projectRoot, runPlan, warnReport } from "../shared.js";
 import { requireHostTools } from "../../exec/host-tools.js";
 import type { Release } from "../../store/lock.js";
 
@@ -155,12 +155,12 @@ export function registerBuildCommands(program: Command): void {
   addBuildOptions(
     program.command("all").description("build every stack named in targets/ (parents first, only stale nodes)"),
   ).action(async (_o: BuildCliOptions, cmd: Command) => {
-    process.exitCode = await runBuild(projectRoot(cmd), "all", cmd.optsWithGlobals<BuildCliOptions>());
+    process.exitCode = await runBuild(projectRoot(cmd), "all", commandOptions<BuildCliOptions>(cmd));
   });
   addBuildOptions(
     program.command("build").description("build the named stacks (or all targets with no argument)").argument("[stacks...]"),
   ).action(async (stacks: string[], _o: BuildCliOptions, cmd: Command) => {
-    // optsWithGlobals: `dbuild --progress json build X` means the same as `dbuild build X --progress json`.
-    process.exitCode = await runBuild(projectRoot(cmd), stacks.length ? stacks : "all", cmd.optsWithGlobals<BuildCliOptions>());
+    // `dbuild --progress json build X` means the same as `dbuild build X --progress json`.
+    process.exitCode = await runBuild(projectRoot(cmd), stacks.length ? stacks : "all", commandOptions<BuildCliOptions>(cmd));
   });
 }
