@@ -95,7 +95,7 @@ describe("faults", () => {
       clearTimeout(timer);
       if (killedAt && r.code === null) {
         kills++;
-        const step = where.includes(" ") ? where.split(" ").pop()! : "timer";
+        const step = aim.step ?? "random delay";
         hit.set(step, (hit.get(step) ?? 0) + 1);
         worstGoneMs = Math.max(worstGoneMs, await checkAfterFault(p.root, `kill ${kills} (${where}, seed ${SEED})`));
         continue;
@@ -213,10 +213,11 @@ describe("faults", () => {
     await new Promise<void>((resolve) => onEvents(holder.child, (e) => e.type === "build-start" && resolve()));
     const t = Date.now();
     const refused = await dbuild(["all", "--no-wait"], { cwd: p.root });
+    const refusedMs = Date.now() - t;
     expect(refused.code).toBe(75);
     expect(refused.stderr).toMatch(/the build dir is locked by pid \d+: dbuild all/);
     expect((await holder.done).code).toBe(0);
-    figure(`(e) concurrent runs: the second waited and built nothing; --no-wait refused in ${Date.now() - t} ms with exit 75`);
+    figure(`(e) concurrent runs: the second waited and built nothing; --no-wait refused in ${refusedMs} ms with exit 75`);
   });
 
   it("a bit-flipped object is detected and rebuilt, never used", async () => {
