@@ -126,6 +126,11 @@ export class RemoteCache {
         rec.deliverable = { path: path.relative(this.store.buildDir, this.store.deliverablePath(node.layer, node.stack, delivTmp.ext)), object: dobj };
       }
       await this.store.commit(rec);
+      // A pushed image passed its tests where it was built (a push follows a passed test): not rerun here;
+      // a later edit of the tests does run them (the pass is filed under these tests' digest).
+      if (node.tests) {
+        await this.store.recordTestPass({ key: node.key, stack: node.stack, object, digest: node.tests.digest, passedAt: rec.builtAt, results: [], trustedFromCache: this.client.ref.url });
+      }
       return { status: "pulled", record: rec, bytes: info.size + (info.deliverable?.size ?? 0) };
     } finally {
       for (const f of work) await fs.rm(f, { force: true });

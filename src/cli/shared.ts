@@ -129,6 +129,10 @@ export interface PlanCliOptions {
   /** Where output goes (default stdout). */
   write?: (s: string) => void;
   color?: boolean;
+  /** --no-test: tests neither run nor make a node stale. */
+  noTest?: boolean;
+  /** `dbuild test --dry-run`: these stacks' tests run even when a pass is recorded ("all": every node's). */
+  forceTests?: "all" | readonly string[];
 }
 
 export type StoreSource = StoreView | ((project: Project) => StoreView);
@@ -151,7 +155,11 @@ export async function planAndPrint(root: string, stacks: "all" | string[], opts:
   checkFormats(opts);
   const write = opts.write ?? ((s: string) => void process.stdout.write(s));
   const project = await loadProject(root);
-  const plan = await makePlan(project, stacks.length ? stacks : "all", storeFor(store, project), opts.force ? { force: opts.force } : {});
+  const plan = await makePlan(project, stacks.length ? stacks : "all", storeFor(store, project), {
+    ...(opts.force ? { force: opts.force } : {}),
+    ...(opts.noTest ? { noTest: true } : {}),
+    ...(opts.forceTests ? { forceTests: opts.forceTests } : {}),
+  });
   const cache = opts.cache ?? project.settings.cache.from ?? project.settings.cache.to;
   if (cache) await markRemote(plan, cache, storeFor(store, project));
   if (opts.matrix) write(JSON.stringify(buildMatrix(plan.nodes)) + "\n");

@@ -3,8 +3,14 @@
  * independent branches in parallel) and publishes each image atomically through the store.
  *
  * What every node shares lives here: pull from a remote cache, restore from the store, publish, record,
- * events, clean-up, --keep-failed. What differs by kind is a runner in ./runners/ (base install, import,
- * VM cycle, finalize), picked by runnerFor().
+ * events, clean-up, --keep-failed, the layer's secrets (read before anything boots, masked in its log),
+ * and its tests. What differs by kind is a runner in ./runners/ (base install, import, VM cycle,
+ * finalize), picked by runnerFor().
+ *
+ * Tests gate the view: for a layer with tests (layers/NAME/test/), the image published to the store is
+ * tested in a throwaway VM (layer-tests.ts) before the view switches. A failure keeps the image in the
+ * store, held back (Store.hold), and fails the node, so no child builds on it; the next build finds it
+ * cached in the store and only reruns the tests.
  */
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
@@ -27,6 +33,9 @@ import { WarmStore } from "../store/warm.js";
 import { BuildProxy } from "./build-proxy.js";
 import type { ProxyCounters } from "../report/events.js";
 import type { WarmMode } from "./warm-start.js";
+import { TestsFailed, testGate } from "./layer-tests.js";
+import { layerSecrets, readBuildSecrets, secretMasker } from "./secrets.js";
+import type { VmUsage } from "../vm/types.js";
 
 export interface BuildOptions {
   jobs: number;
@@ -62,6 +71,9 @@ export async function build(project: Project, plan: Plan, store: Store, opts: Bu
     jobs: opts.jobs,
   });
   await store.init();
+  // Every secret an install of this build may read, read now: a missing one is an error before any VM
+  // boots. Nodes re-linked from the store install nothing (a pull may fail and build: those count).
+  const secrets = readBuildSecrets(project, stale.filter((n) => !restoresFromStore(n)));
   const s = project.settings;
   const sched: SchedNode[] = stale.map((n) => ({
     id: n.stack,
@@ -81,7 +93,7 @@ export async function build(project: Project, plan: Plan, store: Store, opts: Bu
       { jobs: opts.jobs, memoryBudget: s.memoryBudget, keepGoing: opts.keepGoing, signal: opts.signal },
       async (stack, signal) => {
         const node = byStack.get(stack)!;
-        await buildNode(project, node, byStack, store, opts, signal, proxy);
+        await buildNode(project, node, byStack, store, opts, signal, proxy, secrets);
         built.push(stack);
       },
     );
@@ -109,6 +121,11 @@ async function evictWarm(store: Store, project: Project, opts: BuildOptions): Pr
   }
 }
 
+/** The plan found the image for the node's inputs in the local store: at most its tests run, no install. */
+function restoresFromStore(node: PlanNode): boolean {
+  return node.status === "cached" && node.source === "store";
+}
+
 function vmMem(project: Project, node: PlanNode): number {
   const layer = project.layers.get(node.layer);
   return layer?.config.mem ?? project.settings.buildVm.mem;
@@ -122,13 +139,18 @@ async function buildNode(
   opts: BuildOptions,
   signal: AbortSignal,
   proxy: BuildProxy,
+  secretValues: ReadonlyMap<string, Buffer>,
 ): Promise<void> {
   const t0 = Date.now();
   const layer = project.layers.get(node.layer);
   if (!layer) throw new Error(`layer ${node.layer} vanished`);
   opts.emit({ type: "node-start", time: t0, stack: node.stack, layer: node.layer, kind: node.kind, key: node.key });
-  const log = new NodeLog(store.logPath(node.stack), node.stack, opts.emit);
-  await log.open();
+  const restoring = restoresFromStore(node);
+  const shown = restoring && (await store.viewShows(node.stack, node.key));
+  const secrets = restoring ? new Map<string, Buffer>() : layerSecrets(layer, secretValues);
+  const log = new NodeLog(store.logPath(node.stack), node.stack, opts.emit, secretMasker(secrets.values()));
+  // An image the view already shows keeps its install log (its tests write STACK.test.log).
+  if (!shown) await log.open();
   let step: Step = "queued";
   const steps = new StepTimer(node.stack, opts.emit);
   const setStep = (s: Step, detail?: string): void => {
@@ -138,6 +160,9 @@ async function buildNode(
   };
   const work: string[] = [];
   let keptDisk: string | undefined;
+  const vmStopped = (pid: number, usage: VmUsage): void => opts.emit({ type: "vm-usage", time: Date.now(), stack: node.stack, pid, ...usage });
+  const gate = (rec: NodeRecord, shows: boolean): Promise<boolean> =>
+    testGate({ project, layer, node, store, rec, shown: shows, setStep, emit: opts.emit, vmStopped, signal });
   try {
     // --force: a VM runs, whatever the store or a remote cache holds for this key.
     if (opts.tryPull && !node.forced) {
@@ -153,13 +178,15 @@ async function buildNode(
     // Edit, build, revert (or a deleted view): the image for these inputs is still in the store. Point
     // the view back instead of rebuilding; `--force` is the way to rebuild it. Only where the plan said
     // so: under a parent that is rebuilt the stored child no longer fits.
-    const stored = node.status === "cached" && node.source === "store" ? await store.record(node.key) : undefined;
+    // Its tests, if they are to run, gate the re-link as they gate a new image.
+    const stored = restoring ? await store.record(node.key) : undefined;
     if (stored) {
-      setStep("publish", "restored from the store");
+      const tested = await gate(stored, shown);
+      setStep("publish", shown ? "tests passed" : tested ? "tests passed, restored from the store" : "restored from the store");
       await store.commit(stored);
       await log.close();
       steps.end(true);
-      opts.emit({ type: "node-done", time: Date.now(), stack: node.stack, duration: (Date.now() - t0) / 1000, image: store.viewPath(node.stack), restored: true, ...(stored.deliverable ? { deliverable: path.join(store.buildDir, stored.deliverable.path) } : {}) });
+      opts.emit({ type: "node-done", time: Date.now(), stack: node.stack, duration: (Date.now() - t0) / 1000, image: store.viewPath(node.stack), ...(tested ? { testsOnly: true } : { restored: true }), ...(stored.deliverable ? { deliverable: path.join(store.buildDir, stored.deliverable.path) } : {}) });
       return;
     }
     const parentRec = node.parent ? await store.record(byStack.get(node.parent)!.key) : undefined;
@@ -187,7 +214,8 @@ async function buildNode(
       work,
       proxy,
       countProxy: (c) => (proxyCounters = c),
-      vmStopped: (pid, usage) => opts.emit({ type: "vm-usage", time: Date.now(), stack: node.stack, pid, ...usage }),
+      vmStopped,
+      secrets,
     };
     try {
       await runner.buildImage(ctx);
@@ -217,6 +245,7 @@ async function buildNode(
       rec.deliverable = out.deliverable;
       next = out.next;
     }
+    const tested = await gate(rec, false);
     rec.duration = (Date.now() - t0) / 1000;
     await store.commit(rec);
     await log.close();
@@ -231,11 +260,14 @@ async function buildNode(
       ...(next ? { next } : {}),
       ...(proxyCounters && proxyCounters.requests > 0 ? { proxy: proxyCounters } : {}),
     });
-    if (opts.afterPublish) await opts.afterPublish(node, rec);
+    // A puller trusts a pushed image's tests: one published untested (--no-test) is not pushed.
+    if (opts.afterPublish && node.tests && !tested) {
+      opts.emit({ type: "warning", time: Date.now(), stack: node.stack, message: "not pushed to the cache: its tests did not run (--no-test)" });
+    } else if (opts.afterPublish) await opts.afterPublish(node, rec);
   } catch (caught) {
     let e = caught;
     if (!signal.aborted && isDiskFull(e)) e = await diskFullError(e, store, work);
-    const message = signal.aborted ? "interrupted" : errorMessage(e);
+    const message = signal.aborted ? "interrupted" : log.masked(errorMessage(e));
     log.note(`FAILED in ${step}: ${message}`);
     await log.close();
     steps.end(false);
@@ -248,9 +280,10 @@ async function buildNode(
         duration: (Date.now() - t0) / 1000,
         message,
         ...(e instanceof StepError && e.exitCode !== undefined ? { exitCode: e.exitCode } : {}),
-        logTail: log.lastLines(),
-        logPath: log.file,
+        logTail: e instanceof TestsFailed ? e.tail : log.lastLines(),
+        logPath: e instanceof TestsFailed ? e.logPath : log.file,
         ...(keptDisk ? { keptDisk } : {}),
+        ...(e instanceof TestsFailed ? { shell: e.shell } : {}),
       });
     }
     throw e;

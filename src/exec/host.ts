@@ -13,19 +13,29 @@ import type { Step } from "../report/events.js";
 import type { NodeLog } from "./node-log.js";
 import { StepError } from "./step-error.js";
 
-/** Run a host script with its output streamed to the node log; non-zero exit is a StepError. */
-export async function runHostScript(
-  step: Step,
+/** How a host process ended. */
+export interface HostRun {
+  /** Exit status; null when killed (timeout, signal) or never started. */
+  code: number | null;
+  timedOut: boolean;
+  signal?: string;
+  /** The process could not start: "EACCES" (not executable), "ENOENT" (missing). */
+  spawnError?: string;
+}
+
+/**
+ * Run a host executable with its output streamed to the node log; the caller judges the result.
+ * Its whole process tree is killed on abort or timeout.
+ */
+export async function runHostProcess(
   file: string,
-  opts: { cwd: string; env: Record<string, string>; log: NodeLog; signal: AbortSignal; timeoutMs: number },
-): Promise<void> {
-  opts.log.note(`${step}: ${file}`);
-  // Checked here: under setpriv a missing or non-executable script is only an exit code of setpriv's.
+  opts: { cwd: string; env: Record<string, string>; log: Pick<NodeLog, "chunk">; signal: AbortSignal; timeoutMs: number },
+): Promise<HostRun> {
+  // Checked here: under setpriv a missing or non-executable file is only an exit code of setpriv's.
   try {
     await fs.access(file, fs.constants.X_OK);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") throw new StepError(step, `${file} not found`);
-    throw new StepError(step, `${file} is not executable (chmod +x it)`);
+    return { code: null, timedOut: false, spawnError: (e as NodeJS.ErrnoException).code === "ENOENT" ? "ENOENT" : "EACCES" };
   }
   const execa = await loadExeca();
   const [cmd, argv] = withParentDeathSignal(file, []);
@@ -57,13 +67,24 @@ export async function runHostScript(
   child.stderr?.on("data", (d: Buffer) => opts.log.chunk("stderr", d));
   const r = await child;
   opts.signal.removeEventListener("abort", killTree);
+  if (r.timedOut) killTree();
+  const spawnError = r.failed && (r.code === "EACCES" || r.code === "ENOENT") ? r.code : undefined;
+  return { code: r.exitCode ?? null, timedOut: r.timedOut, ...(r.signal ? { signal: r.signal } : {}), ...(spawnError ? { spawnError } : {}) };
+}
+
+/** Run a host script with its output streamed to the node log; non-zero exit is a StepError. */
+export async function runHostScript(
+  step: Step,
+  file: string,
+  opts: { cwd: string; env: Record<string, string>; log: NodeLog; signal: AbortSignal; timeoutMs: number },
+): Promise<void> {
+  opts.log.note(`${step}: ${file}`);
+  const r = await runHostProcess(file, opts);
   if (opts.signal.aborted) throw new StepError(step, "interrupted");
   if (r.timedOut) throw new StepError(step, `${path.basename(file)} timed out after ${opts.timeoutMs / 1000} s`, null);
-  if (r.failed) {
-    if (r.code === "EACCES") throw new StepError(step, `${file} is not executable (chmod +x it)`);
-    if (r.code === "ENOENT") throw new StepError(step, `${file} not found`);
-    throw new StepError(step, `${path.basename(file)} exited with code ${r.exitCode ?? "?"}${r.signal ? ` (${r.signal})` : ""}`, r.exitCode ?? null);
-  }
+  if (r.spawnError === "EACCES") throw new StepError(step, `${file} is not executable (chmod +x it)`);
+  if (r.spawnError === "ENOENT") throw new StepError(step, `${file} not found`);
+  if (r.code !== 0) throw new StepError(step, `${path.basename(file)} exited with code ${r.code ?? "?"}${r.signal ? ` (${r.signal})` : ""}`, r.code);
 }
 
 /**

@@ -14,21 +14,47 @@ export class NodeLog {
   private readonly tail: string[] = [];
   private partial: Record<"stdout" | "stderr", string> = { stdout: "", stderr: "" };
 
+  /** The layer test whose output this is (tags `output` events); see startTest. */
+  private test: string | undefined;
+
   constructor(
     readonly file: string,
     private readonly stack: string,
     private readonly emit: (e: BuildEvent) => void,
+    /** Applied to every output line before it is written or emitted (masks secret values). */
+    private readonly mask: (line: string) => string = (l) => l,
   ) {}
+
+  /** Write out a last line that has no newline yet. */
+  flush(): void {
+    for (const s of ["stdout", "stderr"] as const) {
+      if (this.partial[s]) this.line(s, this.partial[s]);
+      this.partial[s] = "";
+    }
+  }
+
+  /** Output from now on belongs to this test (or to the node's steps again), and the tail starts empty. */
+  startTest(name: string | undefined): void {
+    this.flush();
+    this.test = name;
+    this.tail.length = 0;
+  }
 
   async open(): Promise<void> {
     await fs.mkdir(path.dirname(this.file), { recursive: true });
     this.stream = createWriteStream(this.file, { flags: "w" });
   }
 
-  /** A line dbuild itself writes (step headers, errors). */
-  note(line: string): void {
+  /** A line dbuild itself writes (step headers, errors); masked like output. */
+  note(raw: string): void {
+    const line = this.mask(raw);
     this.stream?.write(`# ${line}\n`);
     this.remember(`# ${line}`);
+  }
+
+  /** Text masked as this log masks its lines (for a failure message that may quote output). */
+  masked(text: string): string {
+    return this.mask(text);
   }
 
   /** Raw output chunk from a process; split into lines for events and the tail. */
@@ -39,10 +65,11 @@ export class NodeLog {
     for (const line of lines) this.line(stream, line);
   }
 
-  private line(stream: "stdout" | "stderr", line: string): void {
+  private line(stream: "stdout" | "stderr", raw: string): void {
+    const line = this.mask(raw);
     this.stream?.write(line + "\n");
     this.remember(line);
-    this.emit({ type: "output", time: Date.now(), stack: this.stack, stream, line });
+    this.emit({ type: "output", time: Date.now(), stack: this.stack, stream, line, ...(this.test ? { test: this.test } : {}) });
   }
 
   private remember(line: string): void {
@@ -55,10 +82,7 @@ export class NodeLog {
   }
 
   async close(): Promise<void> {
-    for (const s of ["stdout", "stderr"] as const) {
-      if (this.partial[s]) this.line(s, this.partial[s]);
-      this.partial[s] = "";
-    }
+    this.flush();
     const st = this.stream;
     this.stream = undefined;
     if (st) await new Promise<void>((resolve) => st.end(resolve));

@@ -60,6 +60,21 @@ export interface PlanNode {
   lastDuration?: number;
   /** Nodes not fresh nor cached in the store, when a remote cache was asked: does it hold an image for this key? */
   remote?: "hit" | "miss";
+  /** The layer's tests (layers/NAME/test/), when it has any. */
+  tests?: PlanTests;
+}
+
+export interface PlanTests {
+  /** Relative to the layer's test/ dir, in the order they run: "guest/..." in the VM, "host/..." on the host. */
+  names: string[];
+  /** Guest ports forwarded for host tests. */
+  ports: number[];
+  /** sha256 of the test files (contents, exec bits) and test: settings: with the node key, what a result is cached by. */
+  digest: string;
+  /** A pass of these tests on this node's image is recorded (so they do not run again). */
+  passed: boolean;
+  /** A build of this plan runs them (not passed, or forced by `dbuild test`; never with --no-test). */
+  run: boolean;
 }
 
 export interface Plan {

@@ -26,6 +26,41 @@ export interface NodeRecord {
   digest?: string;
   /** Pulled images: the cache it came from, and whether re-linking the backing file changed header bytes. */
   pulled?: { from: string; relinked: boolean };
+  /**
+   * Set while the image is in the store but held back from its view because its tests failed (kept for
+   * debugging). A later build reuses the image and only reruns the tests; the view switches once they pass.
+   */
+  held?: string;
+}
+
+/** The outcome of one layer test, as recorded and reported. */
+export interface TestResult {
+  /** "guest/NAME" or "host/NAME". */
+  name: string;
+  ok: boolean;
+  /** Seconds. */
+  duration: number;
+  /** Exit status; null when killed (timeout, signal). */
+  exitCode: number | null;
+  /** TAP counts, when the test printed TAP. */
+  tap?: { count: number; pass: number; fail: number; skip: number; todo: number };
+  /** Why it failed, in plain words (exit code, failing TAP points, plan mismatch, timeout). */
+  message?: string;
+}
+
+/**
+ * A recorded pass of a node's tests: `.dbuild/tests/<key>-<test digest>.json`. It holds for one image:
+ * the object it was run on (a rebuild of the same key, e.g. --force, is a new object, tested again).
+ */
+export interface TestRecord {
+  key: NodeKey;
+  stack: string;
+  object: string;
+  digest: string;
+  passedAt: string;
+  results: TestResult[];
+  /** The image came from a remote cache and was not tested here. */
+  trustedFromCache?: string;
 }
 
 export interface StoreView {
@@ -44,4 +79,6 @@ export interface StoreView {
    * fit over this image). Absent in views that cannot read images: then no remote hit counts as cached.
    */
   objectDigest?(rec: NodeRecord): Promise<string>;
+  /** True if a pass of the tests with this digest is recorded for the image the store holds for `key`. */
+  testsPassed?(key: NodeKey, digest: string): Promise<boolean>;
 }

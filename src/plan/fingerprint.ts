@@ -24,9 +24,11 @@
  *     recorded as link:P so a retarget to identical content still counts), `layer.yaml` and `convert`
  *     (the host script of a finalizing layer) followed the same way, and `install` by its symlink text
  *     only: on these layers it is Demobuilder's addlayer.sh marker, which dbuild never runs.
- *   base: every file of the layer dir, symlinks followed (the host `install` and whatever it reads
- *     beside it), plus the files its `inputs:` globs match (any layer that runs a host script may
+ *   base: every file of the layer dir but test/, symlinks followed (the host `install` and whatever it
+ *     reads beside it), plus the files its `inputs:` globs match (any layer that runs a host script may
  *     declare them; a match outside the project is an error).
+ * A layer's test/ is never an input of an image (a test edit must not rebuild what it tests): it is
+ * walked apart by the same rules (testManifests) into the digest that test results are filed under.
  * Timestamps never count. targets/ values also reach intermediate installs as environment, but only
  * finalizing nodes are keyed by them: one intermediate node is shared by many targets.
  */
@@ -45,6 +47,8 @@ import type { InputManifest, NodeKey } from "../model/plan.js";
 
 /** 2: symlinked host scripts keyed by content, inputs: globs, epoch: (images keyed by 1 are not reused). */
 export const FORMAT_VERSION = "2";
+/** A layer's tests (layers/NAME/test/): never an input of its images, only of its test results. */
+const TEST_DIR = "test";
 /** Large files streamed at once on a cold cache: enough to keep libuv's threads and the disk busy. */
 const HASH_CONCURRENCY = 16;
 
@@ -123,13 +127,17 @@ function fileEnt(w: Walk, abs: string, name: string, st: Stats, prev: Ent | unde
  * copies (symlinks followed, a symlink back to an ancestor is a loop; `real` is this directory's real
  * path and `ancestors` the real paths above it), otherwise symlinks are recorded by target text only.
  */
-function walkDir(w: Walk, abs: string, st: Stats, prev: DirRec | undefined, follow: boolean, ancestors: Set<string>, real: string): DirRec {
+function walkDir(w: Walk, abs: string, st: Stats, prev: DirRec | undefined, follow: boolean, ancestors: Set<string>, real: string, skip?: string): DirRec {
   const ps = prev?.[0];
   const trusted = ps !== undefined && ps !== 0 && ps[0] === st.mtimeMs && ps[1] === st.ctimeMs && ps[2] === st.ino && w.cache.trusts(ps[0], ps[1]);
   const ents: Ent[] = [];
   const rec: DirRec = [onStampClock(w, st) ? [st.mtimeMs, st.ctimeMs, st.ino] : 0, ents];
   if (trusted) {
-    for (const pe of prev![1]) visit(w, abs, pe[0], pe[1], pe, ents, follow, ancestors, real);
+    for (const pe of prev![1]) {
+      // A listing recorded before `skip` was left out still holds it: the digest must be recomputed.
+      if (pe[0] === skip) w.hit = false;
+      else visit(w, abs, pe[0], pe[1], pe, ents, follow, ancestors, real);
+    }
     return rec;
   }
   w.hit = false;
@@ -145,7 +153,7 @@ function walkDir(w: Walk, abs: string, st: Stats, prev: DirRec | undefined, foll
   const byName = new Map<string, Ent>();
   if (prev) for (const pe of prev[1]) if (Array.isArray(pe)) byName.set(pe[0], pe);
   for (const d of dirents) {
-    if (isEditorNoise(d.name)) continue; // rsync excludes them too (vm/rsync.ts)
+    if (isEditorNoise(d.name) || d.name === skip) continue; // rsync excludes editor noise too (vm/rsync.ts)
     const kind = d.isSymbolicLink() ? LINK : d.isDirectory() ? DIR : d.isFile() ? FILE : OTHER;
     visit(w, abs, d.name, kind, byName.get(d.name), ents, follow, ancestors, real);
   }
@@ -364,9 +372,31 @@ function walkLayer(layer: Layer, cache: StatCache): WalkResult {
       return { w, prev, top: [0, []], inputs: undefined };
     }
     const real = realpathSync.native(layer.dir);
-    top = walkDir(w, layer.dir, st, prev?.top, true, new Set([real]), real);
+    // test/ is not part of the image: editing a test reruns the tests, never the build (see testManifests).
+    top = walkDir(w, layer.dir, st, prev?.top, true, new Set([real]), real, TEST_DIR);
   }
   return { w, prev, top, inputs: walkInputs(w, cache.root, prev?.inputs) };
+}
+
+/**
+ * The walk of a layer's test/ directory, as `rsync -rL` copies it into the test VM and as host tests see
+ * it: symlinks followed (their target texts recorded too), exec bits, editor noise left out, every stat
+ * trusted only as the stat cache's stamp allows. Its stat-cache record is keyed by the test dir, apart
+ * from the layer's own; `inputs:` are not walked (they key the layer's image, not its tests).
+ */
+function walkTests(layer: Layer, cache: StatCache): WalkResult {
+  const dir = `${layer.dir}/${TEST_DIR}`;
+  // Named "NAME/test" so problems read layers/NAME/test/...; kind base: manifestOf lists the whole tree.
+  const pseudo: Layer = { ...layer, name: `${layer.name}/${TEST_DIR}`, dir, kind: "base" };
+  const w: Walk = { layer: pseudo, cache, problems: [], pending: [], hit: true };
+  const prev = cache.previous(dir);
+  const st = statSync(dir, { throwIfNoEntry: false });
+  if (!st?.isDirectory()) {
+    w.problems.push({ reason: "unreadable", where: `layers/${layer.name}/${TEST_DIR}`, message: "cannot read directory: it is gone" });
+    return { w, prev, top: [0, []], inputs: undefined };
+  }
+  const real = realpathSync.native(dir);
+  return { w, prev, top: walkDir(w, dir, st, prev?.top, true, new Set([real]), real), inputs: undefined };
 }
 
 /** Files hashed synchronously between two yields to the event loop (so aborts and signals get through). */
@@ -408,7 +438,20 @@ export async function layerManifests(
   cache: StatCache,
   signal?: AbortSignal,
 ): Promise<Map<string, LayerFiles>> {
-  const walks = [...layers].map((l) => walkLayer(l, cache));
+  return digestWalks([...layers].map((l) => walkLayer(l, cache)), cache, signal);
+}
+
+/**
+ * The digest of each given layer's test/ tree (file contents, exec bits, symlinks followed), keyed by
+ * layer name, hashing only what the stat cache cannot vouch for. Layers without tests are left out.
+ */
+export async function testManifests(layers: Iterable<Layer>, cache: StatCache, signal?: AbortSignal): Promise<Map<string, LayerFiles>> {
+  const withTests = [...layers].filter((l) => l.tests);
+  const out = await digestWalks(withTests.map((l) => walkTests(l, cache)), cache, signal);
+  return new Map(withTests.map((l) => [l.name, out.get(`${l.name}/${TEST_DIR}`)!]));
+}
+
+async function digestWalks(walks: WalkResult[], cache: StatCache, signal?: AbortSignal): Promise<Map<string, LayerFiles>> {
   const problems = walks.flatMap(({ w }) => w.problems);
   if (problems.length) throw new DbuildError(problems);
   const small: PendingFile[] = [];

@@ -9,10 +9,11 @@ import type { Layer, Project, Target } from "../project/types.js";
 import type { StoreView } from "../model/store.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
-import { layerManifests, nodeKeyFrom, nodeScalars } from "./fingerprint.js";
+import { canonicalJson, layerManifests, nodeKeyFrom, nodeScalars, testManifests } from "./fingerprint.js";
+import { hash } from "node:crypto";
 import { buildGraph, topoOrder } from "./graph.js";
 import { StatCache } from "./statcache.js";
-import type { InputManifest, NodeStatus, Plan, PlanNode } from "../model/plan.js";
+import type { InputManifest, NodeStatus, Plan, PlanNode, PlanTests } from "../model/plan.js";
 import { describeChanges, diffInputs } from "./why.js";
 
 export interface PlanOptions {
@@ -21,6 +22,19 @@ export interface PlanOptions {
   statCache?: StatCache;
   /** `--force`: these stacks and every node below them are stale whatever the store holds. */
   force?: readonly string[];
+  /** --no-test: layer tests neither run nor make a node stale. */
+  noTest?: boolean;
+  /** `dbuild test`: run the tests of these stacks even when a pass is recorded ("all": every node's). */
+  forceTests?: "all" | readonly string[];
+}
+
+/** Format of the test digest: bump when what it covers changes. */
+const TEST_DIGEST_FORMAT = "t1";
+
+/** The test digest: the test files' digest plus the layer's test: settings (ports, timeout). */
+export function testDigest(layer: Layer, filesDigest: string): string {
+  const cfg = layer.config.test ?? {};
+  return hash("sha256", canonicalJson({ format: TEST_DIGEST_FORMAT, files: filesDigest, ports: (cfg.ports ?? []).join(","), timeout: String(cfg.timeout ?? "") }), "hex");
 }
 
 /** Resolve "all" and validate every requested stack; throws one DbuildError listing every bad one. */
@@ -52,19 +66,33 @@ export function nodeSettings(project: Project, stack: string, layer: Layer, targ
   };
 }
 
-export function buildSteps(layer: Layer, parent: string | null): string[] {
+/** The test step in plain words: `test in a fresh VM: guest/a, host/b (ports 80)`. */
+export function testStep(t: Pick<PlanTests, "names" | "ports">): string {
+  return `test in a fresh VM: ${t.names.join(", ")}${t.ports.length ? ` (ports ${t.ports.join(", ")})` : ""}`;
+}
+
+export function buildSteps(layer: Layer, parent: string | null, tests?: Pick<PlanTests, "names" | "ports">): string[] {
+  const test = tests ? [testStep(tests)] : [];
   switch (layer.kind) {
     case "base":
       return layer.config.import
-        ? [`import ${layer.config.import.from} (sha256 ${layer.config.import.sha256.slice(0, 12)})`, "publish"]
-        : ["run install on host", "publish"];
+        ? [`import ${layer.config.import.from} (sha256 ${layer.config.import.sha256.slice(0, 12)})`, ...test, "publish"]
+        : ["run install on host", ...test, "publish"];
     case "intermediate":
     case "finalizing": {
-      const steps = [`COW child of ${parent ?? "?"}`, "boot VM", "rsync target/", "run target/install", "cleanup", "poweroff", "publish"];
-      if (layer.kind === "finalizing") steps.push(`convert to ${layer.config.format ?? layer.name}`);
+      const steps = [`COW child of ${parent ?? "?"}`, "boot VM", "rsync target/", "run target/install", "cleanup", "poweroff"];
+      // A finalizing image is stored, then converted; its tests gate the views of both.
+      if (layer.kind === "finalizing") steps.push("publish", `convert to ${layer.config.format ?? layer.name}`, ...test);
+      else steps.push(...test, "publish");
       return steps;
     }
   }
+}
+
+/** A cached node: its tests (when they run), then the view re-linked unless it already shows the image. */
+function cachedSteps(image: string, shows: boolean, tests: Pick<PlanTests, "names" | "ports"> | undefined): string[] {
+  const test = tests ? [testStep(tests)] : [];
+  return shows ? test : [...test, `re-link ${image} to the stored image${tests ? "" : " (no VM)"}`];
 }
 
 function userPath(root: string, p: string): string {
@@ -89,7 +117,9 @@ export async function makePlan(
   const needed = new Map<string, Layer>();
   for (const s of order) needed.set(layerOf(s).name, layerOf(s));
   const manifests = await layerManifests(needed.values(), cache, opts.signal);
+  const testFiles = await testManifests(needed.values(), cache, opts.signal);
   opts.signal?.throwIfAborted();
+  const testsForced = opts.forceTests === "all" ? undefined : new Set(opts.forceTests ?? []);
 
   const targetsOf = new Map<string, string[]>();
   for (const t of stacks) {
@@ -123,17 +153,35 @@ export async function makePlan(
     const inputs = (): InputManifest => (flat ??= { ...scalars, ...files.manifest });
     const image = userPath(project.root, store.viewPath(stack));
     const force = forced.has(stack) || parentNode?.forced === true;
-    const fresh = !force && (await store.viewShows(stack, key));
+    const shows = !force && (await store.viewShows(stack, key));
     const reasons: string[] = [];
-    let status: NodeStatus = fresh ? "fresh" : "stale";
+    let status: NodeStatus = shows ? "fresh" : "stale";
+    // A stored image is only usable over the parent image it was built on: a stale parent is rebuilt
+    // (new bytes), so the child is rebuilt too.
+    const stored = !shows && !force && parentNode?.status !== "stale" ? await store.record(key) : undefined;
+    if (stored) status = "cached";
+    // Tests run on every image a build makes, and on a stored or shown one whose pass is not recorded.
+    let tests: PlanTests | undefined;
+    const tf = testFiles.get(layer.name);
+    if (layer.tests && tf) {
+      const digest = testDigest(layer, tf.digest);
+      const passed = status !== "stale" && ((await store.testsPassed?.(key, digest)) ?? false);
+      const onDemand = opts.forceTests === "all" || (testsForced?.has(stack) ?? false);
+      tests = { names: [...layer.tests.guest, ...layer.tests.host], ports: layer.config.test?.ports ?? [], digest, passed, run: !opts.noTest && (status === "stale" || onDemand || !passed) };
+    }
     if (force) {
       reasons.push(forced.has(stack) ? "forced (--force)" : `forced (--force ${[...forced].find((f) => stack.startsWith(`${f}:`)) ?? "an ancestor"})`);
-    } else if (!fresh) {
-      const current = await store.currentRecord(stack);
-      // A stored image is only usable over the parent image it was built on: a stale parent is rebuilt
-      // (new bytes), so the child is rebuilt too.
-      if (parentNode?.status !== "stale" && (await store.record(key))) {
+    } else if (shows) {
+      // The view shows the image for these inputs; only its tests are left to run (if any): no VM builds.
+      if (tests?.run) {
         status = "cached";
+        reasons.push(tests.passed ? "`dbuild test`: its tests run again on demand" : "its tests have not passed on this image (new or changed tests, or built with --no-test): only the tests run");
+      }
+    } else {
+      const current = await store.currentRecord(stack);
+      if (stored?.held !== undefined) {
+        reasons.push(`its image is in the store but ${stored.held}: ${tests?.run ? "only the tests run again" : "it is published as is (--no-test)"}`);
+      } else if (stored) {
         reasons.push(
           existsSync(store.viewPath(stack)) ? `${image} shows another build; the image for these inputs is in the store` : `${image} was deleted; the image for these inputs is in the store`,
         );
@@ -164,8 +212,9 @@ export async function makePlan(
       image,
       settings,
       targets: targetsOf.get(stack) ?? [],
-      steps: status === "cached" ? [`re-link ${image} to the stored image (no VM)`] : buildSteps(layer, parent),
+      steps: status === "cached" ? cachedSteps(image, shows, tests?.run ? tests : undefined) : buildSteps(layer, parent, tests?.run ? tests : undefined),
     };
+    if (tests) node.tests = tests;
     Object.defineProperty(node, "inputs", {
       get: inputs,
       set: (v: InputManifest) => {
@@ -182,4 +231,16 @@ export async function makePlan(
   }
   await cache.save();
   return { nodes: [...nodes.values()], targets: stacks, hashStats: { ...cache.stats } };
+}
+
+/**
+ * `dbuild test X` where X's layer has no tests: the warning to show rather than appear to have tested it
+ * (for "all": only when no node of the plan has tests). Undefined when there is nothing to say.
+ */
+export function untestedWarning(plan: Plan, forced: "all" | readonly string[]): string | undefined {
+  const named = forced === "all" ? plan.nodes.map((n) => n.stack) : forced;
+  const without = named.filter((s) => !plan.nodes.find((n) => n.stack === s)?.tests);
+  if (forced === "all" ? without.length < named.length : !without.length) return undefined;
+  const list = forced === "all" ? "no layer of these stacks" : without.join(", ");
+  return `${list} ${forced === "all" || without.length > 1 ? "have" : "has"} no tests (add executables to layers/NAME/test/guest/ or test/host/)`;
 }

@@ -52,6 +52,7 @@ export function defaultSettings(root: string): ProjectSettings {
     cache: {},
     // A snapshot of a 512 MiB build VM is ~100-300 MiB (RAM in use) plus its boot overlay.
     warm: { enabled: true, maxMiB: 4096 },
+    secrets: {},
   };
 }
 
@@ -103,6 +104,12 @@ async function loadSettings(root: string, problems: Problem[]): Promise<{ settin
   if (y.cache?.from !== undefined) settings.cache.from = y.cache.from;
   if (y.cache?.to !== undefined) settings.cache.to = y.cache.to;
   Object.assign(settings.warm, y.warm);
+  for (const [name, src] of Object.entries(y.secrets ?? {})) {
+    const where = r.locate(["secrets", name]);
+    // Only where the value lives is kept: reading it is the build's business (src/exec/secrets.ts), so a
+    // plan never needs the secret, and a missing one is reported only when a build needs it.
+    settings.secrets[name] = "env" in src ? { env: src.env, where } : { file: expandHome(src.file, root), where };
+  }
   if (settings.buildVm.mem > settings.memoryBudget) {
     problems.push({
       reason: "memory-budget",
@@ -112,6 +119,59 @@ async function loadSettings(root: string, problems: Problem[]): Promise<{ settin
     });
   }
   return { settings, file };
+}
+
+/** `~` and `~/...` are the user's home (as in a shell); other relative paths start at the project root. */
+export function expandHome(p: string, root: string): string {
+  if (p === "~" || p.startsWith("~/")) return path.join(os.homedir(), p.slice(1));
+  return path.resolve(root, p);
+}
+
+const TEST_SIDES = ["guest", "host"] as const;
+
+/**
+ * layers/NAME/test/: executables directly in test/guest/ and test/host/ are the tests (anything else
+ * there, and any subdirectory, is a helper they may use). Problems: tests that do not say which side
+ * they run on, a test/ dir with none, a test: config with nothing to test.
+ */
+function findTests(dir: string, rel: string, config: LayerConfig, where: (key: string) => string, problems: Problem[]): Layer["tests"] {
+  const testDir = path.join(dir, "test");
+  const st = statOrUndefined(testDir);
+  if (!st?.isDirectory()) {
+    if (config.test) {
+      problems.push({ reason: "test-without-tests", where: where("test"), message: `test: is set but ${rel}/test/ does not exist`, hint: `add executables to ${rel}/test/guest/ (run in a VM of the image) or ${rel}/test/host/ (run on the host), or remove test:` });
+    }
+    return undefined;
+  }
+  const found: Record<(typeof TEST_SIDES)[number], string[]> = { guest: [], host: [] };
+  for (const side of TEST_SIDES) {
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(path.join(testDir, side)).filter((n) => !n.startsWith(".")).sort();
+    } catch {
+      continue;
+    }
+    for (const n of names) if (isExecutableFile(statOrUndefined(path.join(testDir, side, n)))) found[side].push(`${side}/${n}`);
+  }
+  let loose: string[] = [];
+  try {
+    loose = fs.readdirSync(testDir).filter((n) => !TEST_SIDES.includes(n as (typeof TEST_SIDES)[number]) && !n.startsWith(".") && isExecutableFile(statOrUndefined(path.join(testDir, n))));
+  } catch {
+    // unreadable test/: reported by the fingerprint walk
+  }
+  for (const n of loose) {
+    problems.push({ reason: "test-side", where: `${rel}/test/${n}`, message: "a test must say where it runs", hint: `move it to ${rel}/test/guest/ (runs in a VM of the image) or ${rel}/test/host/ (runs on the host, reaching the VM through DBUILD_SSH and DBUILD_PORT_<n>)` });
+  }
+  if (!found.guest.length && !found.host.length) {
+    if (!loose.length) {
+      problems.push({ reason: "test-none", where: `${rel}/test`, message: "no tests found (a test is an executable file in test/guest/ or test/host/)", hint: `chmod +x the test scripts, or remove ${rel}/test/` });
+    }
+    return undefined;
+  }
+  if (config.test?.ports?.length && !found.host.length) {
+    problems.push({ reason: "test-ports-unused", where: where("test"), message: "test.ports forwards guest ports for host tests, but there are none", hint: `add a host test to ${rel}/test/host/, or remove test.ports` });
+  }
+  return { dir: testDir, guest: found.guest, host: found.host };
 }
 
 async function loadLayer(root: string, name: string, problems: Problem[]): Promise<Layer | undefined> {
@@ -218,6 +278,9 @@ async function loadLayer(root: string, name: string, problems: Problem[]): Promi
       hint: installL ? `chmod +x ${rel}/install` : `add ${rel}/install (run on the host to create the image) or import: { from, sha256 } in layer.yaml`,
     });
   }
+  if (config.secrets?.length && kind === "base" && config.import) {
+    problems.push({ reason: "secrets-import", where: where("secrets"), message: "secrets: an imported base layer runs no install that could read them", hint: "remove secrets:" });
+  }
   if (kind === "finalizing" && convertS && !hasConvert) {
     problems.push({ reason: "convert-not-executable", where: `${rel}/convert`, message: "convert exists but is not an executable file", hint: `chmod +x ${rel}/convert` });
   }
@@ -233,6 +296,11 @@ async function loadLayer(root: string, name: string, problems: Problem[]): Promi
     hasTarget: targetS?.isDirectory() ?? false,
     kindFrom: kindFrom ?? "layer.yaml",
   };
+  const secretAt: Record<string, string> = {};
+  (config.secrets ?? []).forEach((n, i) => (secretAt[n] = locate?.(["secrets", i]) ?? `${rel}/${LAYER_FILE}`));
+  secretWhere.set(layer, secretAt);
+  const tests = findTests(dir, rel, config, where, problems);
+  if (tests) layer.tests = tests;
   if (hasConfig) layer.configFile = configFile;
   return layer;
 }
@@ -354,10 +422,29 @@ export async function loadProject(root: string): Promise<Project> {
   }
   const [{ settings, file }, layers] = await Promise.all([loadSettings(abs, problems), loadLayers(abs, problems)]);
   const targets = loadTargets(abs, layers, problems);
+  checkLayerSecrets(layers, settings, problems);
   if (problems.length) throw new DbuildError(sortProblems(problems));
   const project: Project = { root: abs, settings, layers, targets };
   if (file) project.configFile = file;
   return project;
+}
+
+/** Where each secret name of a layer.yaml stands (file:line:col), for the check after all files are read. */
+const secretWhere = new WeakMap<Layer, Record<string, string>>();
+
+/** Every secret a layer asks for must be declared in demobuild.yaml (where its value comes from). */
+function checkLayerSecrets(layers: Map<string, Layer>, settings: ProjectSettings, problems: Problem[]): void {
+  for (const l of layers.values()) {
+    for (const name of l.config.secrets ?? []) {
+      if (settings.secrets[name]) continue;
+      problems.push({
+        reason: "unknown-secret",
+        where: secretWhere.get(l)?.[name] ?? `layers/${l.name}/${LAYER_FILE}`,
+        message: `secrets: ${JSON.stringify(name)} is not declared in ${PROJECT_FILE}`,
+        hint: `add it to ${PROJECT_FILE}: secrets: {${name}: {env: VARIABLE}} or {${name}: {file: PATH}}`,
+      });
+    }
+  }
 }
 
 /** Stable order (by where, numerically by line) so output does not depend on I/O timing. */

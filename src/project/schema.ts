@@ -7,6 +7,9 @@ import { z } from "zod";
 const count = z.number().int().positive();
 const seconds = z.number().positive();
 
+/** A secret's name is also its file name in the guest (/run/dbuild/secrets/NAME). */
+export const SECRET_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
 const vmSize = z.strictObject({ mem: count.optional(), cpus: count.optional() });
 
 // A Linux login name (useradd's default NAME_REGEX, plus root).
@@ -46,6 +49,15 @@ export const projectYaml = z.strictObject({
     })
     .optional(),
   warm: z.strictObject({ enabled: z.boolean().optional(), maxMiB: count.optional() }).optional(),
+  secrets: z
+    .record(
+      z.string().regex(SECRET_NAME, "expected a secret name: letters, digits, '.', '_', '-'"),
+      z.union([
+        z.strictObject({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "expected an environment variable name") }),
+        z.strictObject({ file: z.string().min(1) }),
+      ], { error: "expected {env: VARIABLE} or {file: PATH}" }),
+    )
+    .optional(),
 });
 export type ProjectYaml = z.infer<typeof projectYaml>;
 
@@ -79,5 +91,12 @@ export const layerYaml = z.strictObject({
   // A string or a number (epoch: 2): either way it enters the key as text.
   epoch: z.union([z.string().min(1), z.number()]).transform((v) => String(v)).optional(),
   inputs: z.array(z.string().min(1, "expected a glob such as ../../utils/*.sh")).optional(),
+  test: z
+    .strictObject({
+      ports: z.array(z.number().int().min(1).max(65535)).optional(),
+      timeout: seconds.optional(),
+    })
+    .optional(),
+  secrets: z.array(z.string().regex(SECRET_NAME, "expected a secret name from demobuild.yaml secrets:")).optional(),
 });
 export type LayerYaml = z.infer<typeof layerYaml>;

@@ -35,6 +35,34 @@ export interface ProjectSettings {
   cache: { from?: string; to?: string };
   /** Warm starts: build VMs resume from a RAM snapshot of their parent; snapshots use at most maxMiB. */
   warm: { enabled: boolean; maxMiB: number };
+  /** Secrets layers may ask for, by name: where each value comes from (never the value itself). */
+  secrets: Record<string, SecretSource>;
+}
+
+/**
+ * Where a secret's value is read from when a build needs it: a host environment variable or a file
+ * (absolute path, `~` expanded). `where` is its place in demobuild.yaml, for error messages.
+ */
+export type SecretSource = ({ env: string } | { file: string }) & { where: string };
+
+/** layer.yaml `test:`. */
+export interface LayerTestConfig {
+  /** Guest TCP ports forwarded to the host for host-side tests (DBUILD_PORT_<n>). */
+  ports?: number[];
+  /** Seconds one test may run (default 300). */
+  timeout?: number;
+}
+
+/**
+ * A layer's tests, found in layers/NAME/test/: executables in test/guest/ run in a throwaway VM of the
+ * new image, executables in test/host/ run on the host against it. Names are relative to test/
+ * ("guest/10-user", "host/http"), in the order they run (guest first, then host, each by name).
+ */
+export interface LayerTests {
+  /** Absolute path of layers/NAME/test. */
+  dir: string;
+  guest: string[];
+  host: string[];
 }
 
 /** layers/NAME/layer.yaml, all optional. */
@@ -67,6 +95,10 @@ export interface LayerConfig {
   epoch?: string;
   /** Base and finalizing layers: globs (relative to the layer dir) of extra host files their scripts read. */
   inputs?: string[];
+  /** Tests of this layer's image (see LayerTests). */
+  test?: LayerTestConfig;
+  /** Names of demobuild.yaml `secrets:` this layer's install reads (from /run/dbuild/secrets/NAME). */
+  secrets?: string[];
 }
 
 export interface Layer {
@@ -87,6 +119,8 @@ export interface Layer {
   hasTarget?: boolean;
   /** How `kind` was decided, for messages: "layer.yaml", "convert", "addlayer", "install", "import". */
   kindFrom?: string;
+  /** The layer's tests, when it has a test/ directory with any. */
+  tests?: LayerTests;
 }
 
 export interface Target {

@@ -78,12 +78,15 @@ export class BuildRecorder implements Reporter {
         break;
       }
       case "output":
-        return; // logs are read from build/logs/ when a report is written
+      case "test-start":
+      case "test-done":
+        return; // logs (test output in STACK.test.log) are read from build/logs/ when a report is written; the tests' time is the step "test"
       case "node-done": {
         const n = this.node(e.stack);
         closeOpen(n, e.time, true);
         n.end = e.time;
-        n.outcome = e.pulled ? "pulled" : e.restored ? "restored" : "built";
+        // Only its tests ran (testsOnly): the image was in the store, as for a restore.
+        n.outcome = e.pulled ? "pulled" : e.restored || e.testsOnly ? "restored" : "built";
         break;
       }
       case "node-failed": {

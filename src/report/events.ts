@@ -16,6 +16,7 @@ export type Step =
   | "cleanup"
   | "poweroff"
   | "convert"
+  | "test"
   | "publish"
   | "pull"
   /** Remote-cache push of a published node (runs behind the build, after node-done). */
@@ -45,6 +46,15 @@ export interface ProxyCounters {
   failures: number;
 }
 
+/** TAP counts of one test, when it printed TAP (a plan line `1..N` or `TAP version`). */
+export interface TapCounts {
+  count: number;
+  pass: number;
+  fail: number;
+  skip: number;
+  todo: number;
+}
+
 export type BuildEvent =
   | { type: "build-start"; time: number; stale: string[]; fresh: string[]; jobs: number }
   /** `key`: the node's content key (so a later report can tell whether a failure still applies). */
@@ -54,11 +64,29 @@ export type BuildEvent =
   /** A step ended (the next step's start, the node's end, or a push finishing): exact step durations. */
   | { type: "step-done"; time: number; stack: string; step: Step; duration: number; ok: boolean; detail?: string }
   /**
-   * A build VM was stopped. `cpuSeconds`: CPU time QEMU used (user + system, from /proc/PID/stat, sampled
-   * just before the power-off), absent where the kernel does not say.
+   * A VM of the node (its build VM, or its test VM) was stopped. `cpuSeconds`: CPU time QEMU used (user +
+   * system, from /proc/PID/stat, sampled just before the power-off), absent where the kernel does not say.
    */
   | { type: "vm-usage"; time: number; stack: string; pid: number; cpuSeconds?: number; wallSeconds: number }
-  | { type: "output"; time: number; stack: string; stream: "stdout" | "stderr"; line: string }
+  /** A line of output; `test` names the layer test that printed it (else the node's own steps did). */
+  | { type: "output"; time: number; stack: string; stream: "stdout" | "stderr"; line: string; test?: string }
+  /** A layer test (a child of its node) starts: `test` is "guest/NAME" (runs in the VM) or "host/NAME". */
+  | { type: "test-start"; time: number; stack: string; test: string }
+  | {
+      type: "test-done";
+      time: number;
+      stack: string;
+      test: string;
+      ok: boolean;
+      duration: number;
+      /** null: killed (timeout, or the VM went away). */
+      exitCode: number | null;
+      tap?: TapCounts;
+      /** Why it failed, in plain words. */
+      message?: string;
+      /** Failed tests: the last lines of their output. */
+      output?: string[];
+    }
   | {
       type: "node-done";
       time: number;
@@ -72,6 +100,8 @@ export type BuildEvent =
       restored?: boolean;
       /** This node's package-cache traffic, when it made any. */
       proxy?: ProxyCounters;
+      /** The image was not rebuilt: only its tests ran (they had not passed on it, or `dbuild test`). */
+      testsOnly?: boolean;
     }
   | {
       type: "node-failed";
@@ -84,6 +114,8 @@ export type BuildEvent =
       logTail: string[];
       logPath: string;
       keptDisk?: string;
+      /** Tests failed: the image is in the store (not shown by the view); this command opens a shell on it. */
+      shell?: string;
     }
   | { type: "node-skipped"; time: number; stack: string; reason: string }
   /** Something went wrong that does not fail the build (e.g. a remote-cache push). */

@@ -45,9 +45,9 @@ export interface TraceNode {
   end?: number;
   outcome: NodeOutcome;
   steps: TraceStep[];
-  /** CPU seconds the build VM used (QEMU user + system time). */
+  /** CPU seconds the node's VMs used (build VM and test VM; QEMU user + system time). */
   cpuSeconds?: number;
-  /** Seconds the build VM ran. */
+  /** Seconds the node's VMs ran. */
   vmSeconds?: number;
   failure?: NodeFailure;
   skipReason?: string;

@@ -23,7 +23,10 @@ const mib = (bytes: number): string => `${(bytes / 1048576).toFixed(1)} MiB`;
 
 /** What a node not fresh is expected to cost: the last build for a stale node, the transfer for a cached one. */
 export function estimateWords(n: PlanNode): string | undefined {
-  if (n.status === "cached") return n.source === "remote" ? `transfer of ${mib(n.pullBytes ?? 0)} (no VM)` : "~0s (re-link, no VM)";
+  if (n.status === "cached") {
+    if (n.source === "remote") return `transfer of ${mib(n.pullBytes ?? 0)} (no VM)`;
+    return n.tests?.run ? "one test VM (boot + tests), no build" : "~0s (re-link, no VM)";
+  }
   if (n.status === "stale" && n.lastDuration !== undefined) return `~${formatDuration(n.lastDuration)} (last build)`;
   return undefined;
 }
@@ -62,8 +65,11 @@ export function renderPlanText(plan: Plan, opts: TextOptions = {}): string {
       for (const r of n.reasons) lines.push(`${body}${c.dim("why:")} ${r}`);
       if (n.status === "stale" && n.remote === "miss") lines.push(`${body}${c.dim("cache:")} miss`);
       lines.push(`${body}${c.dim("run:")} ${n.steps.join(" → ")}`);
+      if (n.tests && !n.tests.run) lines.push(`${body}${c.dim("tests:")} ${n.tests.passed ? "passed on this image before: not rerun" : "skipped (--no-test)"}`);
       const est = estimateWords(n);
       if (est !== undefined) lines.push(`${body}${c.dim("est:")} ${est}`);
+    } else if (n.tests) {
+      lines.push(`${body}${c.dim("tests:")} ${n.tests.passed ? `passed (${n.tests.names.join(", ")})` : "not run (--no-test)"}`);
     }
     children.forEach((k, i) => visit(k, inner, i === children.length - 1, false));
   };
@@ -114,6 +120,7 @@ export function planToJson(plan: Plan): object {
       steps: n.steps,
       ...(n.lastDuration !== undefined ? { lastDuration: n.lastDuration } : {}),
       ...(n.remote !== undefined ? { remote: n.remote } : {}),
+      ...(n.tests ? { tests: n.tests } : {}),
     })),
     targets: plan.targets,
   };

@@ -25,6 +25,10 @@ export function failureLines(e: Extract<BuildEvent, { type: "node-failed" }>): s
     out.push("---");
   }
   out.push(`full log: ${e.logPath}`);
+  if (e.shell) {
+    out.push(`the image stays in the store, not published; open a shell on this exact image:`);
+    out.push(`  ${e.shell}`);
+  }
   if (e.keptDisk) {
     out.push(`kept the failed VM's disk: ${e.keptDisk}`);
     out.push(`  boot it:  dbuild snap ${e.keptDisk} /tmp/failed.qcow2 && eval "$(dbuild run /tmp/failed.qcow2)" && dbuild ssh /tmp/failed.qcow2`);
@@ -42,6 +46,12 @@ export function proxyLine(c: ProxyCounters): string {
   if (c.bytesTunneled) parts.push(`${bytes(c.bytesTunneled)} HTTPS passed through`);
   if (c.failures) parts.push(`${c.failures} upstream failure(s)`);
   return `package cache: ${parts.join(", ")}`;
+}
+
+/** One line per finished layer test, shown under its node: mark, name, time, TAP counts, why it failed. */
+export function testLine(e: Extract<BuildEvent, { type: "test-done" }>): string {
+  const tap = e.tap ? `, TAP ${e.tap.pass}/${e.tap.count} ok${e.tap.skip ? `, ${e.tap.skip} skipped` : ""}` : "";
+  return `${e.ok ? "✓" : "✗"} test ${e.test} (${secs(e.duration)}${tap})${e.ok ? "" : `: ${e.message ?? "failed"}`}`;
 }
 
 function summaryLines(e: Extract<BuildEvent, { type: "build-done" }>): string[] {
@@ -69,10 +79,18 @@ export class PlainReporter implements Reporter {
         line(e.stack, e.detail ? `${e.step}: ${e.detail}` : e.step);
         break;
       case "output":
-        if (this.showOutput) line(e.stack, `${e.stream === "stderr" ? "! " : "| "}${e.line}`);
+        if (this.showOutput) line(e.stack, `${e.test ? `[${e.test}] ` : ""}${e.stream === "stderr" ? "! " : "| "}${e.line}`);
+        break;
+      case "test-start":
+        line(e.stack, `test ${e.test}: running`);
+        break;
+      case "test-done":
+        line(e.stack, `  ${testLine(e)}`);
+        // Output already streamed line by line when shown; otherwise a failure brings its tail along.
+        if (!e.ok && !this.showOutput) for (const l of e.output ?? []) line(e.stack, `    ${l}`);
         break;
       case "node-done":
-        line(e.stack, `${e.pulled ? "pulled from cache" : e.restored ? "restored from the store" : "done"} in ${secs(e.duration)} -> ${e.deliverable ?? e.image}`);
+        line(e.stack, `${e.pulled ? "pulled from cache" : e.restored ? "restored from the store" : e.testsOnly ? "tests passed" : "done"} in ${secs(e.duration)} -> ${e.deliverable ?? e.image}`);
         if (e.next) line(e.stack, `next: ${e.next}`);
         if (e.proxy) line(e.stack, proxyLine(e.proxy));
         break;
@@ -113,6 +131,8 @@ export class JsonReporter implements Reporter {
  */
 export class TtyReporter implements Reporter {
   private readonly running = new Map<string, { start: number; step: string; stepStart: number }>();
+  /** Finished tests per running node: printed under the node's own line when it finishes. */
+  private readonly tests = new Map<string, Extract<BuildEvent, { type: "test-done" }>[]>();
   private drawn = 0;
   private readonly timer: NodeJS.Timeout;
 
@@ -134,6 +154,19 @@ export class TtyReporter implements Reporter {
     );
     for (const l of lines) this.write(l + "\n");
     this.drawn = lines.length;
+  }
+
+  /** The node's finished tests as children of its line (a failed one with its output tail). */
+  private testLines(stack: string): string {
+    const done = this.tests.get(stack) ?? [];
+    this.tests.delete(stack);
+    return done
+      .map((t, i) => {
+        const branch = i === done.length - 1 ? "└─ " : "├─ ";
+        const l = testLine(t);
+        return `  ${branch}${t.ok ? pc.green(l) : pc.red(l)}`;
+      })
+      .join("\n");
   }
 
   private above(text: string): void {
@@ -164,14 +197,29 @@ export class TtyReporter implements Reporter {
       case "step-done":
       case "vm-usage":
         break;
-      case "node-done":
-        this.running.delete(e.stack);
-        this.above(`${pc.green("✓")} ${pc.bold(e.stack)} ${pc.dim(e.pulled ? "pulled" : e.restored ? "restored" : secs(e.duration))}  ${e.deliverable ?? e.image}${e.next ? `\n  next: ${e.next}` : ""}`);
+      case "test-start": {
+        const r = this.running.get(e.stack);
+        if (r) r.step = `test ${e.test}`;
+        this.redraw();
         break;
-      case "node-failed":
-        this.running.delete(e.stack);
-        this.above(failureLines(e).map((l, i) => (i === 0 ? pc.red(`✗ ${l}`) : l)).join("\n"));
+      }
+      case "test-done":
+        this.tests.set(e.stack, [...(this.tests.get(e.stack) ?? []), e]);
         break;
+      case "node-done": {
+        this.running.delete(e.stack);
+        const tests = this.testLines(e.stack);
+        this.above(`${pc.green("✓")} ${pc.bold(e.stack)} ${pc.dim(e.pulled ? "pulled" : e.restored ? "restored" : e.testsOnly ? `tests passed in ${secs(e.duration)}` : secs(e.duration))}  ${e.deliverable ?? e.image}${tests ? `\n${tests}` : ""}${e.next ? `\n  next: ${e.next}` : ""}`);
+        break;
+      }
+      case "node-failed": {
+        this.running.delete(e.stack);
+        const tests = this.testLines(e.stack);
+        const lines = failureLines(e).map((l, i) => (i === 0 ? pc.red(`✗ ${l}`) : l));
+        if (tests) lines.splice(1, 0, tests);
+        this.above(lines.join("\n"));
+        break;
+      }
       case "node-skipped":
         this.above(`${pc.yellow("-")} ${e.stack} ${pc.dim(`not built: ${e.reason}`)}`);
         break;

@@ -83,6 +83,8 @@ export class ReportWriter implements Reporter {
       case "step-done":
       case "vm-usage":
       case "output":
+      case "test-start":
+      case "test-done":
       case "node-skipped":
       case "warning":
         // Shown by the next write; not worth one of their own.

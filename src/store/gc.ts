@@ -104,6 +104,11 @@ export async function collectGarbage(
       if (!keep.has(rec.object)) await store.removeRecord(rec.key);
     }
     await removeDanglingLinks(store.buildDir, store.internalDir);
+    // Recorded test passes of images that are gone.
+    const live = new Set<string>(records.filter((r) => keep.has(r.object)).map((r) => r.key));
+    for (const f of await fs.readdir(store.testsDir).catch(() => [] as string[])) {
+      if (!live.has(f.split("-")[0] ?? "")) await fs.rm(path.join(store.testsDir, f), { force: true });
+    }
   }
   return { removed, freedBytes: removed.reduce((a, r) => a + r.bytes, 0), kept: keep.size };
 }

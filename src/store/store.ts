@@ -24,7 +24,7 @@ import { randomBytes } from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { NodeKey } from "../model/plan.js";
-import type { NodeRecord, StoreView } from "../model/store.js";
+import type { NodeRecord, StoreView, TestRecord } from "../model/store.js";
 import { qcow2Backing } from "./qcow2.js";
 import { qemuImg } from "./qemu-img.js";
 import { sha256File } from "../util/digest.js";
@@ -44,6 +44,8 @@ export class Store implements StoreView {
   /** Per object: size, timestamps and sha256 recorded at publish (see objectOk). */
   readonly sumsDir: string;
   private readonly objectOkCache = new Map<string, Promise<boolean>>();
+  /** Recorded passes of layer tests, `<key>-<test digest>.json`. */
+  readonly testsDir: string;
   private readonly recordCache = new Map<string, NodeRecord | null>();
   /** Digests of objects published by this process, picked up by commit() for their records. */
   private readonly publishedDigests = new Map<string, string>();
@@ -58,10 +60,11 @@ export class Store implements StoreView {
     this.cacheDir = path.join(this.internalDir, "cache");
     this.vmsDir = path.join(this.internalDir, "vms");
     this.sumsDir = path.join(this.internalDir, "sums");
+    this.testsDir = path.join(this.internalDir, "tests");
   }
 
   async init(): Promise<void> {
-    for (const d of [this.objectsDir, this.recordsDir, this.tmpDir, this.logsDir, this.cacheDir, this.vmsDir, this.sumsDir]) {
+    for (const d of [this.objectsDir, this.recordsDir, this.tmpDir, this.logsDir, this.cacheDir, this.vmsDir, this.sumsDir, this.testsDir]) {
       await fs.mkdir(d, { recursive: true });
     }
     // QEMU resolves a relative backing file against the directory of the name it opened, not of the
@@ -302,9 +305,48 @@ export class Store implements StoreView {
     }
   }
 
+  /**
+   * Write the record of a published image whose tests failed, without touching the views: the image
+   * stays for debugging and for the next build (which reruns only the tests), but nothing shows it and
+   * no child builds on it. `held` says why.
+   */
+  async hold(rec: NodeRecord, held: string): Promise<void> {
+    rec.digest ??= this.publishedDigests.get(rec.object);
+    rec.held = held;
+    await writeFileAtomic(path.join(this.recordsDir, `${rec.key}.json`), JSON.stringify(rec, null, 2) + "\n");
+    this.recordCache.set(rec.key, rec);
+  }
+
+  private testFile(key: NodeKey, digest: string): string {
+    return path.join(this.testsDir, `${key}-${digest.slice(0, 32)}.json`);
+  }
+
+  async testsPassed(key: NodeKey, digest: string): Promise<boolean> {
+    let pass: Partial<TestRecord>;
+    try {
+      pass = JSON.parse(await fs.readFile(this.testFile(key, digest), "utf8")) as Partial<TestRecord>;
+    } catch {
+      return false;
+    }
+    const rec = await this.record(key);
+    return rec !== undefined && pass.object === rec.object;
+  }
+
+  /** Drop a recorded pass (the tests just failed on that image, e.g. under `dbuild test`). */
+  async forgetTestPass(key: NodeKey, digest: string): Promise<void> {
+    await fs.rm(this.testFile(key, digest), { force: true });
+  }
+
+  /** Record that the tests with this digest passed on the image of `rec.key` (only passes are cached). */
+  async recordTestPass(rec: TestRecord): Promise<void> {
+    await fs.mkdir(this.testsDir, { recursive: true });
+    await writeFileAtomic(this.testFile(rec.key, rec.digest), JSON.stringify(rec, null, 2) + "\n");
+  }
+
   /** Write the record, then point the user's views at the new objects (each an atomic rename). */
   async commit(rec: NodeRecord): Promise<void> {
     rec.digest ??= this.publishedDigests.get(rec.object);
+    delete rec.held;
     await writeFileAtomic(path.join(this.recordsDir, `${rec.key}.json`), JSON.stringify(rec, null, 2) + "\n");
     this.recordCache.set(rec.key, rec);
     this.stackIndex?.set(rec.stack, rec);

@@ -149,6 +149,7 @@ export class QemuVm implements Vm {
   sshHost = "127.0.0.1";
   sshPort = 22;
   vncDisplay?: string;
+  readonly forwarded = new Map<number, { host: string; port: number }>();
   readonly timings: BootTimings = {};
   private ssh?: SshSession;
   private sshConnecting?: Promise<SshSession>;
@@ -417,6 +418,7 @@ export class QemuVm implements Vm {
   private async cleanup(): Promise<void> {
     this.disconnect();
     if (this.hostPort !== undefined) releasePort(this.hostPort);
+    if (this.opts.network.mode === "user") for (const f of this.forwarded.values()) releasePort(f.port);
     if (!this.opts.detached) unregisterVm(this.pid);
     if (this.opts.pidFile) await fs.rm(this.opts.pidFile, { force: true });
     for (const d of this.dirs) await fs.rm(d, { recursive: true, force: true });
@@ -433,6 +435,8 @@ function buildArgs(o: {
   accel: ResolvedAccel;
   mac: string;
   hostPort?: number;
+  /** Guest port -> host port, user mode. */
+  forwards?: ReadonlyMap<number, number>;
   qmpSocket: string;
   agentSocket: string;
   seedImage?: string;
@@ -467,7 +471,8 @@ function buildArgs(o: {
   if (opts.network.mode === "bridge") {
     args.push("-netdev", `bridge,id=net0,br=${opts.network.bridge}`);
   } else {
-    args.push("-netdev", `user,id=net0,hostfwd=tcp:127.0.0.1:${o.hostPort}-:22`);
+    const extra = [...(o.forwards ?? [])].map(([guest, host]) => `,hostfwd=tcp:127.0.0.1:${host}-:${guest}`).join("");
+    args.push("-netdev", `user,id=net0,hostfwd=tcp:127.0.0.1:${o.hostPort}-:22${extra}`);
   }
   // romfile=: no iPXE option ROM; SeaBIOS would load and initialise it on every boot for nothing.
   args.push("-device", `virtio-net-pci,netdev=net0,mac=${o.mac},romfile=`);
@@ -517,13 +522,16 @@ export async function startVm(opts: VmOptions): Promise<QemuVm> {
   // with a hostfwd error: retry with another port.
   for (let attempt = 1; ; attempt++) {
     const hostPort = opts.network.mode === "user" ? await freeTcpPort() : undefined;
+    const forwards = new Map<number, number>();
+    if (opts.network.mode === "user") for (const p of opts.forwardPorts ?? []) if (!forwards.has(p)) forwards.set(p, await freeTcpPort());
     const mac = opts.mac ?? randomMac();
     await fs.rm(qmpSocket, { force: true });
     await fs.rm(agentSocket, { force: true });
-    const args = buildArgs({ opts, accel, mac, hostPort, qmpSocket, agentSocket, ...(seedImage ? { seedImage } : {}) });
+    const args = buildArgs({ opts, accel, mac, hostPort, forwards, qmpSocket, agentSocket, ...(seedImage ? { seedImage } : {}) });
     const spawned = spawnQemu(args, { detached: opts.detached ?? false, logFile: path.join(opts.runDir, "qemu.log") });
     const vm = new QemuVm(opts, accel, mac, spawned, dirs, qmpSocket, agentSocket);
     vm.setHostPort(hostPort);
+    for (const [guest, host] of forwards) vm.forwarded.set(guest, { host: "127.0.0.1", port: host });
     if (!opts.detached && spawned.child.pid !== undefined) registerVm(spawned.child.pid, dirs);
     try {
       await waitReady(vm, hostPort, deadline);
@@ -578,6 +586,7 @@ async function waitSshStage(vm: QemuVm, hostPort: number | undefined, deadline: 
   if (vm.opts.network.mode === "bridge") {
     vm.sshHost = vm.ip;
     vm.sshPort = 22;
+    for (const p of vm.opts.forwardPorts ?? []) vm.forwarded.set(p, { host: vm.ip, port: p });
   } else {
     vm.sshHost = "127.0.0.1";
     vm.sshPort = hostPort ?? 22;

@@ -202,6 +202,8 @@ export class SshSession {
           sig = s ?? null;
         });
         stream.on("data", (d: Buffer) => opts.onStdout?.(d));
+        // Standard input, then EOF (without stdin the channel's input stays open, as before).
+        if (opts.stdin !== undefined) stream.end(opts.stdin);
         stream.stderr.on("data", (d: Buffer) => opts.onStderr?.(d));
         stream.on("close", () => settle(() => resolve({ code, signal: sig })));
       });

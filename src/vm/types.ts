@@ -30,6 +30,8 @@ export interface VmOptions {
    * when present, for the IP, but not waited for). Bridge: the agent reports the IP, then SSH.
    */
   bootTimeoutMs: number;
+  /** Guest TCP ports to forward from 127.0.0.1 (user mode; in bridge mode the guest IP is reached directly). */
+  forwardPorts?: number[];
   /** Start a VNC server on 127.0.0.1. */
   vnc?: boolean;
   /**
@@ -54,6 +56,8 @@ export interface VmOptions {
 
 export interface ExecOptions {
   env?: Record<string, string>;
+  /** Bytes written to the command's standard input, then EOF (how secrets travel: never on a command line). */
+  stdin?: Buffer | string;
   cwd?: string;
   onStdout?: (chunk: Buffer) => void;
   onStderr?: (chunk: Buffer) => void;
@@ -79,6 +83,8 @@ export interface Vm {
   /** Login user. */
   readonly user: string;
   readonly vncDisplay?: string;
+  /** Where each of `forwardPorts` is reached from the host: host and port (127.0.0.1:N, or IP:port in bridge mode). */
+  readonly forwarded: ReadonlyMap<number, { host: string; port: number }>;
   exec(command: string, opts?: ExecOptions): Promise<ExecResult>;
   /** `rsync -rL` of a local directory's contents into remoteDir (created). */
   rsyncTo(localDir: string, remoteDir: string, opts?: { signal?: AbortSignal }): Promise<void>;

@@ -41,7 +41,9 @@ const sh = (body: string): string => `#!/bin/sh\n${body}\n`;
  * Writes the project under `root`: two base layers (one whose host install is a symlink to a shared
  * script and which reads utils/data/*.txt through `inputs:`), four intermediates (symlinks in target/
  * to shared scripts and to a directory reached only through a symlink), two finalizing layers whose
- * `convert` is a symlink to a shared converter, and targets with settings.
+ * `convert` is a symlink to a shared converter, and targets with settings. Two layers have tests: the
+ * base layer (a guest test, a helper in a subdirectory, a host test that is a symlink to a shared script)
+ * and l2 (a guest test, and test data that is a symlink to a shared directory).
  */
 export function writeProject(root: string): GenProject {
   const w = (rel: string, content: string, mode = 0o644): void => {
@@ -82,6 +84,11 @@ export function writeProject(root: string): GenProject {
     ln(`layers/${f}/convert`, "../../utils/conv.sh");
     w(`layers/${f}/target/install`, sh(`echo ${f}`), 0o755);
   }
+  w("layers/base/test/guest/boots", sh("true"), 0o755);
+  w("layers/base/test/guest/lib/helper.sh", "# sourced by the tests\n");
+  ln("layers/base/test/host/http", "../../../../utils/s1.sh");
+  w("layers/l2/test/guest/t", sh("test -f /etc/f0.conf"), 0o755);
+  ln("layers/l2/test/data", "../../../utils/lib");
   const targets = ["base:l1:fa", "base:l1:l2:fb", "base:l3:fa", "alt:l4:fb", "alt:l2:l3", "base:l1:l2"];
   targets.forEach((t, i) => w(`targets/${t}`, i % 2 ? `MEM=${1024 + i * 256}\n` : ""));
   return {
@@ -122,12 +129,12 @@ function entry(p: string, r: string, out: string[]): void {
   }
 }
 
-/** The reference description of one layer's files. */
+/** The reference description of one layer's files (its test/ is no input of its images). */
 function layerRef(root: string, l: GenLayer): string {
   const dir = path.join(root, "layers", l.name);
   const out: string[] = [];
   if (l.kind === "base") {
-    tree(dir, "", out);
+    for (const name of fs.readdirSync(dir).sort()) if (name !== "test") entry(path.join(dir, name), name, out);
     // inputs: only base has them here, and the generated glob is ../../utils/data/*.txt
     const yaml = fs.existsSync(path.join(dir, "layer.yaml")) ? fs.readFileSync(path.join(dir, "layer.yaml"), "utf8") : "";
     if (yaml.includes("inputs:")) {
@@ -146,6 +153,19 @@ function layerRef(root: string, l: GenLayer): string {
     if (fs.existsSync(path.join(dir, "target"))) tree(path.join(dir, "target"), "", out);
   }
   return out.join("\n");
+}
+
+/** Reference print of each layer's test/ tree (as rsync -rL copies it), for the layers that have one. */
+export function referenceTestPrints(root: string, gp: GenProject): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const l of gp.layers) {
+    const dir = path.join(root, "layers", l.name, "test");
+    if (!fs.existsSync(dir)) continue;
+    const lines: string[] = [];
+    tree(dir, "", lines);
+    out.set(l.name, sha(lines.join("\n")));
+  }
+  return out;
 }
 
 function targetSettings(root: string, stack: string): string {
@@ -197,6 +217,7 @@ export const EDIT_KINDS = [
   "host script behind a symlink",
   "same-size rewrite in the same tick",
   "view deleted",
+  "test/ edit",
 ] as const;
 export type EditKind = (typeof EDIT_KINDS)[number];
 
@@ -249,8 +270,9 @@ export function editor(root: string, r: ReturnType<typeof rng>, deleteView: () =
       return `${rel(f)} -> ${rel(to)}`;
     },
     chmod: () => {
-      // Not the host scripts themselves: a base install or convert that is not executable is a project error.
-      const f = r.pick([...own(), ...filesUnder(path.join(root, "utils"))].filter((p) => !/(conv|mkbase)\.sh$|alt\/install$/.test(p)));
+      // Not the host scripts themselves: a base install or convert that is not executable is a project error
+      // (and so is a test/ left without any test).
+      const f = r.pick([...own(), ...filesUnder(path.join(root, "utils"))].filter((p) => !/(conv|mkbase)\.sh$|alt\/install$|\/test\/(guest|host)\/[^/]+$/.test(p)));
       const mode = fs.statSync(f).mode & 0o777;
       fs.chmodSync(f, mode & 0o100 ? mode & ~0o111 : mode | 0o111);
       return rel(f);
@@ -302,6 +324,27 @@ export function editor(root: string, r: ReturnType<typeof rng>, deleteView: () =
       return rel(f);
     },
     "view deleted": () => deleteView() ?? "no view to delete",
+    "test/ edit": () => {
+      const what = r.int(3);
+      if (what === 0) {
+        // a test, a helper or (through l2's data symlink) a shared file the tests read
+        const f = r.pick([...filesUnder(path.join(root, "layers/base/test")), ...filesUnder(path.join(root, "layers/l2/test")), ...filesUnder(path.join(root, "utils/lib"))]);
+        rewrite(f, `${fs.readFileSync(f, "utf8")}# ${word()}\n`);
+        return rel(f);
+      }
+      if (what === 1) {
+        const link = path.join(root, "layers/base/test/host/http");
+        const to = `../../../../utils/s${1 + r.int(3)}.sh`;
+        fs.rmSync(link, { force: true });
+        fs.symlinkSync(to, link);
+        return `${rel(link)} -> ${to}`;
+      }
+      // an empty directory is copied into the test VM too
+      const d = path.join(root, "layers/l2/test/guest/empty");
+      if (fs.existsSync(d)) fs.rmdirSync(d);
+      else fs.mkdirSync(d);
+      return `${rel(d)} ${fs.existsSync(d) ? "added" : "removed"}`;
+    },
   };
   return {
     edit: () => {

@@ -87,6 +87,8 @@ export class FakeStore implements StoreView {
   readonly records = new Map<string, NodeRecord>();
   readonly views = new Map<string, NodeKey>();
   readonly durations = new Map<string, number>();
+  /** Recorded passes of layer tests (absent: none recorded). */
+  testsPassed?: (key: NodeKey, digest: string) => Promise<boolean>;
   constructor(readonly buildDir: string) {}
 
   viewPath(stack: string): string {

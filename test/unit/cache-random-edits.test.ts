@@ -1,7 +1,9 @@
 // The randomized edit suite (issue 12): hundreds of random edits over a generated project; after each one
 // the real planner (with its on-disk stat cache, as a fresh process runs it) must give every node the
 // status an independent from-scratch reference gives it. Any difference is a stale result (the plan
-// would keep or re-link an image the inputs no longer match) or a needless rebuild.
+// would keep or re-link an image the inputs no longer match) or a needless rebuild. The layers' test/
+// trees are checked the same way: their digest (what a recorded test pass is filed under) must change
+// exactly when the reference's print of the tree does, and no test edit may change an image's key.
 // Replay a failure with DBUILD_EDIT_SEED=<seed printed> (and DBUILD_EDITS=<n> for a longer run).
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -13,7 +15,7 @@ import { StatCache } from "../../src/plan/statcache.js";
 import type { NodeStatus, Plan } from "../../src/model/plan.js";
 import { canMount, mountCoarseFs } from "../helpers/coarse-fs.js";
 import type { CoarseFs } from "../helpers/coarse-fs.js";
-import { EDIT_KINDS, editor, referencePrints, rng, writeProject } from "../helpers/edit-suite.js";
+import { EDIT_KINDS, editor, referencePrints, referenceTestPrints, rng, writeProject } from "../helpers/edit-suite.js";
 import type { EditKind } from "../helpers/edit-suite.js";
 import { FakeStore } from "../helpers/fixture.js";
 
@@ -29,6 +31,10 @@ interface Figures {
   nodesCompared: number;
   staleResults: number;
   needlessRebuilds: number;
+  /** Test digests compared with the reference's test prints, and the two ways they can disagree. */
+  testDigests: number;
+  staleTestResults: number;
+  needlessTestRuns: number;
   notFresh: number;
   cached: number;
   ms: number;
@@ -56,11 +62,32 @@ async function suite(parent: string, where: string): Promise<Figures> {
     refView.delete(s);
     return `build/${s}.qcow2 deleted`;
   });
-  const f: Figures = { where, seed: SEED, edits: 0, byKind: {}, plans: 0, nodesCompared: 0, staleResults: 0, needlessRebuilds: 0, notFresh: 0, cached: 0, ms: 0 };
+  const f: Figures = { where, seed: SEED, edits: 0, byKind: {}, plans: 0, nodesCompared: 0, staleResults: 0, needlessRebuilds: 0, testDigests: 0, staleTestResults: 0, needlessTestRuns: 0, notFresh: 0, cached: 0, ms: 0 };
   const plan = async (): Promise<Plan> => {
     f.plans++;
     const project = await loadProject(root);
-    return makePlan(project, "all", store, { statCache: await StatCache.load(project.settings.buildDir, root) });
+    // --no-test: statuses are the images' alone (tests due would make shown images "cached"); test
+    // digests are computed all the same, and checked apart (compareTests).
+    return makePlan(project, "all", store, { statCache: await StatCache.load(project.settings.buildDir, root), noTest: true });
+  };
+  // Per layer, reference test print <-> planner test digest: one-to-one over the whole run.
+  const digestOf = new Map<string, string>();
+  const printOf = new Map<string, string>();
+  const compareTests = (p: Plan, step: string): void => {
+    for (const [layer, print] of referenceTestPrints(root, gp)) {
+      const digest = p.nodes.find((n) => n.layer === layer)?.tests?.digest;
+      expect(digest, `${step}: layer ${layer} has tests`).toBeDefined();
+      f.testDigests++;
+      const known = digestOf.get(`${layer} ${print}`);
+      const was = printOf.get(`${layer} ${digest}`);
+      if (known !== undefined && known !== digest) f.needlessTestRuns++;
+      if (was !== undefined && was !== print) f.staleTestResults++;
+      const replay = `(replay: DBUILD_EDIT_SEED=${SEED})`;
+      expect(`${layer}: ${known ?? digest}`, `${step}: same test/ tree, another test digest ${replay}`).toBe(`${layer}: ${digest}`);
+      expect(`${layer}: ${was ?? print}`, `${step}: test/ changed, same test digest ${replay}`).toBe(`${layer}: ${print}`);
+      digestOf.set(`${layer} ${print}`, digest!);
+      printOf.set(`${layer} ${digest}`, print);
+    }
   };
   const expected = (): Map<string, NodeStatus> => {
     const prints = referencePrints(root, gp);
@@ -83,6 +110,7 @@ async function suite(parent: string, where: string): Promise<Figures> {
       if (work(g) > work(w)) f.needlessRebuilds++;
       expect(`${stack}: ${g}`, `${step} (replay: DBUILD_EDIT_SEED=${SEED})`).toBe(`${stack}: ${w}`);
     }
+    compareTests(p, step);
   };
   const buildAll = (p: Plan): void => {
     const prints = referencePrints(root, gp);
@@ -123,7 +151,8 @@ const report = (x: Figures): void => {
   console.log(
     `randomized edit suite on ${x.where}: seed ${x.seed} (replay: DBUILD_EDIT_SEED=${x.seed}), ${x.edits} edits (${kinds}), ` +
       `${x.plans} plans, ${x.nodesCompared} node verdicts compared (${x.notFresh} not fresh, ${x.cached} of them cached): ` +
-      `${x.staleResults} stale results, ${x.needlessRebuilds} needless rebuilds, ${(x.ms / 1000).toFixed(1)} s`,
+      `${x.staleResults} stale results, ${x.needlessRebuilds} needless rebuilds; ${x.testDigests} test digests compared: ` +
+      `${x.staleTestResults} stale test results, ${x.needlessTestRuns} needless test runs; ${(x.ms / 1000).toFixed(1)} s`,
   );
 };
 
@@ -133,7 +162,7 @@ describe("randomized edit suite", () => {
     report(x);
     expect(x.edits).toBeGreaterThanOrEqual(200);
     for (const k of EDIT_KINDS) expect(x.byKind[k], k).toBeGreaterThan(0);
-    expect([x.staleResults, x.needlessRebuilds]).toEqual([0, 0]);
+    expect([x.staleResults, x.needlessRebuilds, x.staleTestResults, x.needlessTestRuns]).toEqual([0, 0, 0, 0]);
     expect(x.notFresh).toBeGreaterThan(x.edits / 2);
     expect(x.cached).toBeGreaterThan(0);
   }, 120_000);
@@ -143,6 +172,6 @@ describe("randomized edit suite", () => {
     mounts.push(m);
     const x = await suite(m.dir, "ext4 with 1 s timestamps");
     report(x);
-    expect([x.staleResults, x.needlessRebuilds]).toEqual([0, 0]);
+    expect([x.staleResults, x.needlessRebuilds, x.staleTestResults, x.needlessTestRuns]).toEqual([0, 0, 0, 0]);
   }, 120_000);
 });

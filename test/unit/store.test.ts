@@ -91,6 +91,32 @@ describe("store", () => {
     await expect(fs.lstat(store.viewPath("micro:old"))).rejects.toThrow();
     expect(await store.record(k("c"))).toBeUndefined();
   });
+  it("a recorded test pass holds for the image it ran on; a held image keeps its view where it was", async () => {
+    const a = await publish("micro", k("a"), null);
+    const digest = "d".repeat(64);
+    await store.recordTestPass({ key: a.key, stack: "micro", object: a.object, digest, passedAt: new Date().toISOString(), results: [] });
+    expect(await store.testsPassed(a.key, digest)).toBe(true);
+    expect(await store.testsPassed(a.key, "e".repeat(64))).toBe(false);
+    // Rebuilt under the same key (--force, or --no-test): a new object, untested.
+    const again = await publish("micro", k("a"), null);
+    expect(again.object).not.toBe(a.object);
+    expect(await store.testsPassed(a.key, digest)).toBe(false);
+    await store.recordTestPass({ key: a.key, stack: "micro", object: again.object, digest, passedAt: new Date().toISOString(), results: [] });
+    expect(await store.testsPassed(a.key, digest)).toBe(true);
+    await store.forgetTestPass(a.key, digest);
+    expect(await store.testsPassed(a.key, digest)).toBe(false);
+    // Tests failed on a new image of micro:web: its record is held, the view not touched.
+    const tmp = store.tmpPath("micro:web") + ".qcow2";
+    img(tmp, path.relative(path.dirname(tmp), store.objectPath(again.object)));
+    const object = await store.publishImage(tmp, k("b"), again.object);
+    await store.hold({ key: k("b"), stack: "micro:web", layer: "web", parentKey: again.key, inputs: {}, object, duration: 1, builtAt: new Date().toISOString() }, "its tests failed");
+    expect((await store.record(k("b")))?.held).toBe("its tests failed");
+    await expect(fs.lstat(store.viewPath("micro:web"))).rejects.toThrow();
+    // Once its tests pass, commit shows it and the record is no longer held.
+    await store.commit((await store.record(k("b")))!);
+    expect(await store.viewShows("micro:web", k("b"))).toBe(true);
+    expect((await store.record(k("b")))?.held).toBeUndefined();
+  });
 });
 
 describe("registered snapshots", () => {

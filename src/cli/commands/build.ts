@@ -4,7 +4,7 @@
 import type { Command } from "commander";
 import { cacheHooks } from "../../exec/cache-hooks.js";
 import { build, type BuildOptions } from "../../exec/executor.js";
-import { makePlan } from "../../plan/planner.js";
+import { makePlan, untestedWarning } from "../../plan/planner.js";
 import { loadProject } from "../../project/load.js";
 import type { Project } from "../../project/types.js";
 import type { BuildEvent, Reporter } from "../../report/events.js";
@@ -37,6 +37,8 @@ export interface BuildCliOptions {
   trace?: string;
   /** --no-wait sets false: fail instead of waiting for another dbuild's lock. */
   wait?: boolean;
+  /** commander's --no-test: false when given. */
+  test?: boolean;
 }
 
 export function addBuildOptions(cmd: Command): Command {
@@ -55,12 +57,15 @@ export function addBuildOptions(cmd: Command): Command {
     .option("--shard <i/n>", "build only share I of N of the stale nodes (CI; use with a shared cache)")
     .option("--cold", "boot every build VM instead of resuming a warm snapshot of its parent (discards those snapshots)")
     .option("--force", "rebuild the named stacks and every stack below them in VMs, whatever the store or --cache-from holds")
-    .option(NO_WAIT_FLAG, NO_WAIT_HELP);
+    .option(NO_WAIT_FLAG, NO_WAIT_HELP)
+    .option("--no-test", "skip layer tests (layers/NAME/test/): images are published untested");
 }
 
 export interface RunBuildExtras {
   reporters?: Reporter[];
   hooks?: Pick<BuildOptions, "tryPull" | "afterPublish">;
+  /** `dbuild test`: rerun the tests of these stacks ("all": of every node) even when a pass is recorded. */
+  forceTests?: "all" | string[];
 }
 
 /**
@@ -83,13 +88,15 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
       hint: "name them, e.g. dbuild build --force micro:web (its descendants are rebuilt too), or `dbuild build --force all`",
     });
   }
+  const noTest = o.test === false;
+  const testOpts = { ...(noTest ? { noTest } : {}), ...(extras.forceTests ? { forceTests: extras.forceTests } : {}) };
   if (o.dryRun) {
     const project = o.force ? await loadProject(root) : undefined;
     const f = project ? forcedStacks(project, stacks) : undefined;
     return runPlan(
       root,
       f ? f.plan : stacks,
-      { json: o.json ?? false, dot: o.dot ?? false, ...(o.cacheFrom ? { cache: o.cacheFrom } : {}), ...(f ? { force: f.force } : {}) },
+      { json: o.json ?? false, dot: o.dot ?? false, ...(o.cacheFrom ? { cache: o.cacheFrom } : {}), ...(f ? { force: f.force } : {}), ...testOpts },
       (p: Project) => new Store(p.settings.buildDir),
     );
   }
@@ -118,9 +125,11 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
   }
   try {
     await prepareBuildDir(store);
-    const plan = await makePlan(project, f ? f.plan : stacks, store, f ? { force: f.force } : {});
+    const plan = await makePlan(project, f ? f.plan : stacks, store, { ...(f ? { force: f.force } : {}), ...testOpts });
     // The report shows each node as it is: another shard's share stays stale there (the executor skips it as fresh).
     report.setPlan(shard ? { ...plan, nodes: plan.nodes.map((n) => ({ ...n })) } : plan);
+    const untested = extras.forceTests ? untestedWarning(plan, extras.forceTests) : undefined;
+    if (untested) reporter.event({ type: "warning", time: Date.now(), message: untested });
     if (shard) {
       const keep = shardSelect(plan.nodes, shard);
       for (const n of plan.nodes) if (n.status !== "fresh" && !keep.has(n.stack)) n.status = "fresh";
@@ -160,7 +169,20 @@ export function registerBuildCommands(program: Command): void {
   addBuildOptions(
     program.command("build").description("build the named stacks (or all targets with no argument)").argument("[stacks...]"),
   ).action(async (stacks: string[], _o: BuildCliOptions, cmd: Command) => {
-    // `dbuild --progress json build X` means the same as `dbuild build X --progress json`.
+    // optsWithGlobals: `dbuild --progress json build X` means the same as `dbuild build X --progress json`.
     process.exitCode = await runBuild(projectRoot(cmd), stacks.length ? stacks : "all", commandOptions<BuildCliOptions>(cmd));
+  });
+  addBuildOptions(
+    program
+      .command("test")
+      .description("run the layer tests of the named stacks now, even if they passed before (stale parents are built first; default: every node of every target)")
+      .argument("[stacks...]"),
+  ).action(async (stacks: string[], _o: BuildCliOptions, cmd: Command) => {
+    const o = commandOptions<BuildCliOptions>(cmd);
+    if (o.test === false) {
+      throw new DbuildError({ reason: "bad-option", where: "--no-test", message: "`dbuild test --no-test` would test nothing", hint: "drop --no-test" });
+    }
+    const all = !stacks.length || stacks.includes("all");
+    process.exitCode = await runBuild(projectRoot(cmd), all ? "all" : stacks, o, { forceTests: all ? "all" : stacks });
   });
 }

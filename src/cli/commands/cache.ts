@@ -46,6 +46,7 @@ export async function runPush(root: string, stacks: "all" | string[], o: CacheCl
   let existed = 0;
   let failed = 0;
   let stale = 0;
+  let untested = 0;
   let bytes = 0;
   const t0 = Date.now();
   try {
@@ -56,6 +57,12 @@ export async function runPush(root: string, stacks: "all" | string[], o: CacheCl
       if (!rec) {
         stale++;
         out(`${node.stack}: stale here, not pushed (build it first)\n`);
+        continue;
+      }
+      // A puller trusts a pushed image's tests: only images whose tests passed here go (none held back).
+      if (node.tests?.run) {
+        untested++;
+        out(`${node.stack}: its tests have not passed here, not pushed (dbuild test ${node.stack} first)\n`);
         continue;
       }
       const parent = rec.parentKey ? await store.record(rec.parentKey) : undefined;
@@ -84,7 +91,7 @@ export async function runPush(root: string, stacks: "all" | string[], o: CacheCl
   } finally {
     intr.dispose();
   }
-  out(`pushed ${pushed} (${mib(bytes)}, ${((Date.now() - t0) / 1000).toFixed(1)} s), already there ${existed}, stale ${stale}${failed ? `, FAILED ${failed}` : ""} -> ${cache.client.ref.url}\n`);
+  out(`pushed ${pushed} (${mib(bytes)}, ${((Date.now() - t0) / 1000).toFixed(1)} s), already there ${existed}, stale ${stale}${untested ? `, untested ${untested}` : ""}${failed ? `, FAILED ${failed}` : ""} -> ${cache.client.ref.url}\n`);
   return failed ? 1 : 0;
 }
 
@@ -117,6 +124,12 @@ export async function runPull(root: string, stacks: "all" | string[], o: CacheCl
         continue;
       }
       const stored = await store.record(node.key);
+      if (stored && node.tests?.run) {
+        // Held back by failed tests, or not tested since: `dbuild all` tests it before showing it.
+        missing++;
+        out(`${node.stack}: in the local store, but its tests have not passed on it: \`dbuild all\` runs them\n`);
+        continue;
+      }
       if (stored) {
         // Edit, revert: the image is still in the store; point the view back (as `dbuild all` would).
         await store.commit(stored);

@@ -33,12 +33,13 @@ export function registerPlanCommands(program: Command, getStore: (project: Proje
     .option("--matrix", "print a GitHub Actions matrix ({\"include\":[{\"name\",\"stacks\"}]}) of the work left")
     .option("--cache <url>", "remote cache to ask for each stale node (default: demobuild.yaml cache.from, else cache.to)")
     .option("--cache-from <url>", "same as --cache")
-    .action(async (stacks: string[], o: { json?: boolean; dot?: boolean; matrix?: boolean; cache?: string; cacheFrom?: string }, cmd: Command) => {
+    .option("--no-test", "plan as `dbuild all --no-test` would run (layer tests skipped)")
+    .action(async (stacks: string[], o: { json?: boolean; dot?: boolean; matrix?: boolean; cache?: string; cacheFrom?: string; test?: boolean }, cmd: Command) => {
       const cache = o.cache ?? o.cacheFrom;
       process.exitCode = await runPlan(
         projectRoot(cmd),
         stacks.length ? stacks : "all",
-        { json: o.json ?? false, dot: o.dot ?? false, matrix: o.matrix ?? false, ...(cache ? { cache } : {}) },
+        { json: o.json ?? false, dot: o.dot ?? false, matrix: o.matrix ?? false, ...(cache ? { cache } : {}), ...(o.test === false ? { noTest: true } : {}) },
         getStore,
       );
     });

@@ -126,10 +126,12 @@ export class WatchTextRenderer {
       case "step-done":
       case "vm-usage":
       case "output":
+      case "test-start":
+      case "test-done":
       case "node-done":
       case "node-skipped":
       case "build-done":
-        // The status line says enough; the details are in build/logs/ (or use --progress json).
+        // The status line (a failed test shows in its node's failure) says enough; the details are in build/logs/ (or use --progress json).
         break;
     }
   }

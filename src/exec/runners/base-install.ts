@@ -9,6 +9,7 @@ import { userCacheDir } from "../../store/user-cache.js";
 import { errorMessage } from "../../util/errors.js";
 import { ensureProjectKey } from "../../vm/keys.js";
 import { runHostScript } from "../host.js";
+import { hostSecretsDir } from "../secrets.js";
 import { StepError } from "../step-error.js";
 import type { NodeRunner, RunContext } from "./types.js";
 
@@ -19,7 +20,7 @@ export const baseInstallRunner: NodeRunner = {
   },
 };
 
-async function runInstall({ project, layer, node, store, log, setStep, signal, tmpImage, proxy, countProxy }: RunContext): Promise<void> {
+async function runInstall({ project, layer, node, store, log, setStep, signal, tmpImage, proxy, countProxy, secrets }: RunContext): Promise<void> {
   const keys = await ensureProjectKey(project.root);
   const workdir = store.tmpPath(`${node.stack}-work`);
   await fs.mkdir(workdir, { recursive: true });
@@ -28,6 +29,8 @@ async function runInstall({ project, layer, node, store, log, setStep, signal, t
   setStep("install-host", "running install on the host");
   // Host scripts may send their downloads through the package cache too (DBUILD_PROXY, documented).
   const hostProxy = await proxy.forHost();
+  // Secrets: files in a private in-memory directory (DBUILD_SECRETS), removed when the install ends.
+  const hostSecrets = secrets.size ? await hostSecretsDir(secrets) : undefined;
   try {
     await runHostScript("install-host", path.join(layer.dir, "install"), {
       cwd: layer.dir,
@@ -43,6 +46,7 @@ async function runInstall({ project, layer, node, store, log, setStep, signal, t
         DBUILD_PROJECT: project.root,
         ...(hostProxy ? { DBUILD_PROXY: hostProxy.url } : {}),
         ...(layer.config.disk !== undefined ? { DBUILD_DISK_SIZE: String(layer.config.disk) } : {}),
+        ...(hostSecrets ? { DBUILD_SECRETS: hostSecrets.dir } : {}),
       },
       log,
       signal,
@@ -50,6 +54,7 @@ async function runInstall({ project, layer, node, store, log, setStep, signal, t
     });
     countProxy(hostProxy?.counters());
   } finally {
+    await hostSecrets?.remove();
     await hostProxy?.close();
     await fs.rm(workdir, { recursive: true, force: true });
   }

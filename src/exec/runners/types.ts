@@ -38,6 +38,8 @@ export interface RunContext {
   countProxy: (counters: ProxyCounters | undefined) => void;
   /** A build VM stopped (powered off or killed): its pid and what it used (a `vm-usage` event). */
   vmStopped: (pid: number, usage: VmUsage) => void;
+  /** The layer's secrets (layer.yaml `secrets:`), by name: values never logged (the log masks them). */
+  secrets: ReadonlyMap<string, Buffer>;
 }
 
 /** What a finalizing node adds to its record. */

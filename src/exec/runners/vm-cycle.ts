@@ -6,8 +6,9 @@
  *   (2) boot      a VM on it: resumed from the parent's warm snapshot where one exists
  *                 (exec/warm-start.ts), else booted; ready once SSH runs commands
  *   (3) rsync     the layer's target/ into a temporary directory in the guest
- *   (4) install   target/install, run there
- *   (5)+(6) cleanup  remove that directory and MAC-address references; sync + fstrim
+ *   (4) install   the layer's secrets (if any) onto a tmpfs over SSH stdin, then target/install, run there
+ *   (5)+(6) cleanup  unmount the secrets' tmpfs; remove that directory and MAC-address references;
+ *                 sync + fstrim
  *   (7) poweroff, then fold whatever the VM started from into one delta over the parent
  *
  * Steps (3) to (6) are GUEST_STEPS, run in order against the running VM: a new step is one more function
@@ -26,6 +27,7 @@ import type { NodeProxy } from "../build-proxy.js";
 import { loginFor, SEED_INSTANCE_ID } from "../login.js";
 import { growDisk } from "./grow-disk.js";
 import type { NodeRunner, RunContext } from "./types.js";
+import { deliverSecrets, GUEST_SECRETS_DIR, removeSecrets } from "../secrets.js";
 
 /** Directory in the guest the layer's target/ is copied to (removed before power-off). */
 export const GUEST_DIR = "/tmp/dbuild-layer";
@@ -54,8 +56,15 @@ const copyTarget: GuestStep = async ({ layer, setStep, signal }, vm) => {
   }
 };
 
+/** (4) the layer's secrets as files on a tmpfs, written from the SSH channel's stdin (never a command line). */
+const putSecrets: GuestStep = async ({ secrets, log, signal }, vm) => {
+  if (!secrets.size) return;
+  log.note(`secrets: ${[...secrets.keys()].join(", ")} in ${GUEST_SECRETS_DIR} (tmpfs)`);
+  await deliverSecrets(vm, secrets, signal);
+};
+
 /** (4) run target/install there, with the layer's env and the stack's settings. */
-const runInstall: GuestStep = async ({ project, layer, node, log, setStep, signal }, vm, np) => {
+const runInstall: GuestStep = async ({ project, layer, node, log, setStep, signal, secrets }, vm, np) => {
   setStep("install");
   // DBUILD_SSH_KEY: the project's public key, so a finalizing layer can remove it from every user.
   const keys = await ensureProjectKey(project.root);
@@ -69,6 +78,7 @@ const runInstall: GuestStep = async ({ project, layer, node, log, setStep, signa
     STACK: node.stack,
     DBUILD_SSH_USER: vm.user,
     DBUILD_SSH_KEY: pub,
+    ...(secrets.size ? { DBUILD_SECRETS: GUEST_SECRETS_DIR } : {}),
   };
   const r = await vm.exec(`${np ? `${np.setup}; ` : ""}cd ${GUEST_DIR} && chmod +x ./install 2>/dev/null; ./install`, {
     env,
@@ -92,6 +102,13 @@ function explainWithoutProxy(layer: string, tail: readonly string[]): string | u
   return failures.length ? unreachableArchiveMessage(layer, failures, "none (direct connection)") : undefined;
 }
 
+/** Before (5): the secrets' tmpfs unmounted and its mount point removed, so nothing of it reaches the disk. */
+const dropSecrets: GuestStep = async ({ secrets, log, signal }, vm) => {
+  if (!secrets.size) return;
+  log.note(`secrets: unmounting ${GUEST_SECRETS_DIR}`);
+  await removeSecrets(vm, signal);
+};
+
 /** (5) remove the directory, (6) MAC-address references, then sync + fstrim so the delta stays small. */
 const cleanGuest: GuestStep = async ({ log, setStep, signal }, vm) => {
   setStep("cleanup");
@@ -100,7 +117,7 @@ const cleanGuest: GuestStep = async ({ log, setStep, signal }, vm) => {
 };
 
 /** Steps (3) to (6), in the order they run. */
-export const GUEST_STEPS: readonly GuestStep[] = [copyTarget, runInstall, cleanGuest];
+export const GUEST_STEPS: readonly GuestStep[] = [copyTarget, putSecrets, runInstall, dropSecrets, cleanGuest];
 
 export const vmCycleRunner: NodeRunner = {
   async buildImage(ctx: RunContext): Promise<void> {
