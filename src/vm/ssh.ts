@@ -57,6 +57,8 @@ export function buildRemoteCommand(command: string, opts: { env?: Record<string,
 
 export class SshSession {
   private closed = false;
+  /** Channels given up on (timeout, abort) whose close the guest has not confirmed yet. */
+  private readonly closing = new Set<Promise<void>>();
 
   private constructor(
     private readonly client: Client,
@@ -177,13 +179,25 @@ export class SshSession {
           );
         }, ms);
       }
-      this.client.exec(full, (err, stream) => {
+      const start = (): void => {
+        if (settled) return;
+        this.client.exec(full, (err, stream) => {
         if (err) {
           settle(() => reject(err));
           return;
         }
         stopStream = () => {
-          // Ask the guest to kill the process tree, then drop the channel whatever it does.
+          // Ask the guest to kill the process tree, then drop the channel whatever it does. Until the
+          // guest confirms the close, the next exec waits (see closing).
+          const closed = new Promise<void>((done) => {
+            const t = setTimeout(done, 3000);
+            stream.once("close", () => {
+              clearTimeout(t);
+              done();
+            });
+          });
+          this.closing.add(closed);
+          void closed.then(() => this.closing.delete(closed));
           try {
             stream.signal("KILL");
           } catch {
@@ -206,7 +220,10 @@ export class SshSession {
         if (opts.stdin !== undefined) stream.end(opts.stdin);
         stream.stderr.on("data", (d: Buffer) => opts.onStderr?.(d));
         stream.on("close", () => settle(() => resolve({ code, signal: sig })));
-      });
+        });
+      };
+      if (this.closing.size) void Promise.all(this.closing).then(start);
+      else start();
     });
   }
 
