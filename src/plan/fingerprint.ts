@@ -41,7 +41,7 @@ import { isEditorNoise } from "../util/editor-noise.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
 import fg from "fast-glob";
-import { DIR, FILE, isDirRec, LINK, OTHER, SMALL_FILE } from "./statcache.js";
+import { DIR, FILE, LINK, OTHER, SMALL_FILE } from "./statcache.js";
 import type { DirEnt, DirRec, Ent, FileEnt, LayerRec, LinkEnt, StatCache } from "./statcache.js";
 import type { InputManifest, NodeKey } from "../model/plan.js";
 
@@ -92,7 +92,7 @@ function relWhere(w: Walk, abs: string): string {
   return rel ? `layers/${w.layer.name}/${rel}` : `layers/${w.layer.name}`;
 }
 
-function kindOf(st: Stats): Ent[1] {
+function kindOf(st: Stats): Ent["kind"] {
   return st.isFile() ? FILE : st.isDirectory() ? DIR : st.isSymbolicLink() ? LINK : OTHER;
 }
 
@@ -101,22 +101,22 @@ function fileEnt(w: Walk, abs: string, name: string, st: Stats, prev: Ent | unde
   w.cache.stats.files++;
   const exec = (st.mode & EXEC) !== 0 ? 1 : 0;
   if (
-    prev?.[1] === FILE &&
-    prev[2] === st.size &&
-    prev[3] === st.mtimeMs &&
-    prev[4] === st.ctimeMs &&
-    prev[5] === st.ino &&
-    typeof prev[6] === "string" &&
-    w.cache.trusts(prev[3], prev[4])
+    prev?.kind === FILE &&
+    prev.size === st.size &&
+    prev.mtimeMs === st.mtimeMs &&
+    prev.ctimeMs === st.ctimeMs &&
+    prev.ino === st.ino &&
+    prev.digest !== "" &&
+    w.cache.trusts(prev.mtimeMs, prev.ctimeMs)
   ) {
     // chmod moves ctime, so the exec bit matches too; checked anyway, a wrong layer digest costs a wrong image.
     // The previous entry is then this entry, word for word: reuse it rather than allocate one per file.
-    if (prev[7] === exec && prev[0] === name) return prev;
+    if (prev.exec === exec && prev.name === name) return prev;
     w.hit = false;
-    return [name, FILE, st.size, st.mtimeMs, st.ctimeMs, st.ino, prev[6], exec];
+    return { name, kind: FILE, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino, digest: prev.digest, exec };
   }
   w.hit = false;
-  const ent: FileEnt = [name, FILE, onStampClock(w, st) ? st.size : -1, st.mtimeMs, st.ctimeMs, st.ino, "", exec];
+  const ent: FileEnt = { name, kind: FILE, size: onStampClock(w, st) ? st.size : -1, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino, digest: "", exec };
   w.pending.push({ w, abs, ent, size: st.size });
   return ent;
 }
@@ -128,15 +128,15 @@ function fileEnt(w: Walk, abs: string, name: string, st: Stats, prev: Ent | unde
  * path and `ancestors` the real paths above it), otherwise symlinks are recorded by target text only.
  */
 function walkDir(w: Walk, abs: string, st: Stats, prev: DirRec | undefined, follow: boolean, ancestors: Set<string>, real: string, skip?: string): DirRec {
-  const ps = prev?.[0];
-  const trusted = ps !== undefined && ps !== 0 && ps[0] === st.mtimeMs && ps[1] === st.ctimeMs && ps[2] === st.ino && w.cache.trusts(ps[0], ps[1]);
+  const ps = prev?.st;
+  const trusted = ps !== undefined && ps.mtimeMs === st.mtimeMs && ps.ctimeMs === st.ctimeMs && ps.ino === st.ino && w.cache.trusts(ps.mtimeMs, ps.ctimeMs);
   const ents: Ent[] = [];
-  const rec: DirRec = [onStampClock(w, st) ? [st.mtimeMs, st.ctimeMs, st.ino] : 0, ents];
+  const rec: DirRec = { st: onStampClock(w, st) ? { mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino } : undefined, ents };
   if (trusted) {
-    for (const pe of prev![1]) {
+    for (const pe of prev!.ents) {
       // A listing recorded before `skip` was left out still holds it: the digest must be recomputed.
-      if (pe[0] === skip) w.hit = false;
-      else visit(w, abs, pe[0], pe[1], pe, ents, follow, ancestors, real);
+      if (pe.name === skip) w.hit = false;
+      else visit(w, abs, pe.name, pe.kind, pe, ents, follow, ancestors, real);
     }
     return rec;
   }
@@ -147,11 +147,11 @@ function walkDir(w: Walk, abs: string, st: Stats, prev: DirRec | undefined, foll
     dirents = readdirSync(abs, { withFileTypes: true });
   } catch (e) {
     w.problems.push({ reason: "unreadable", where: relWhere(w, abs), message: `cannot read directory: ${(e as Error).message}` });
-    rec[0] = 0;
+    rec.st = undefined;
     return rec;
   }
   const byName = new Map<string, Ent>();
-  if (prev) for (const pe of prev[1]) if (Array.isArray(pe)) byName.set(pe[0], pe);
+  if (prev) for (const pe of prev.ents) byName.set(pe.name, pe);
   for (const d of dirents) {
     if (isEditorNoise(d.name) || d.name === skip) continue; // rsync excludes editor noise too (vm/rsync.ts)
     const kind = d.isSymbolicLink() ? LINK : d.isDirectory() ? DIR : d.isFile() ? FILE : OTHER;
@@ -160,7 +160,7 @@ function walkDir(w: Walk, abs: string, st: Stats, prev: DirRec | undefined, foll
   return rec;
 }
 
-function visit(w: Walk, dir: string, name: string, kind: Ent[1], prev: Ent | undefined, ents: Ent[], follow: boolean, ancestors: Set<string>, real: string): void {
+function visit(w: Walk, dir: string, name: string, kind: Ent["kind"], prev: Ent | undefined, ents: Ent[], follow: boolean, ancestors: Set<string>, real: string): void {
   const abs = `${dir}/${name}`;
   if (kind === FILE || kind === DIR) {
     const st = lstatSync(abs, { throwIfNoEntry: false });
@@ -181,15 +181,15 @@ function visit(w: Walk, dir: string, name: string, kind: Ent[1], prev: Ent | und
     else {
       const sub = follow ? `${real}/${name}` : "";
       if (follow) ancestors.add(sub);
-      ents.push([name, DIR, walkDir(w, abs, st, prev?.[1] === DIR && isDirRec(prev[2]) ? prev[2] : undefined, follow, ancestors, sub)]);
+      ents.push({ name, kind: DIR, dir: walkDir(w, abs, st, prev?.kind === DIR ? prev.dir : undefined, follow, ancestors, sub) });
       if (follow) ancestors.delete(sub);
     }
     return;
   }
   if (kind === OTHER) {
     // rsync -r without -D skips sockets, fifos and devices: so do we (they stay listed, unkeyed).
-    if (prev?.[1] !== OTHER) w.hit = false;
-    ents.push([name, OTHER]);
+    if (prev?.kind !== OTHER) w.hit = false;
+    ents.push({ name, kind: OTHER });
     return;
   }
   let target: string;
@@ -204,9 +204,9 @@ function visit(w: Walk, dir: string, name: string, kind: Ent[1], prev: Ent | und
     }
     return;
   }
-  const plink = prev?.[1] === LINK ? prev : undefined;
-  if (plink?.[2] !== target) w.hit = false;
-  const ent: LinkEnt = [name, LINK, target];
+  const plink = prev?.kind === LINK ? prev : undefined;
+  if (plink?.target !== target) w.hit = false;
+  const ent: LinkEnt = { name, kind: LINK, target };
   ents.push(ent);
   if (!follow) return;
   let st: Stats;
@@ -223,7 +223,7 @@ function visit(w: Walk, dir: string, name: string, kind: Ent[1], prev: Ent | und
     );
     return;
   }
-  const pf = plink?.[3];
+  const pf = plink?.followed;
   if (st.isDirectory()) {
     const to = realpathSync.native(abs);
     if (ancestors.has(to)) {
@@ -232,11 +232,11 @@ function visit(w: Walk, dir: string, name: string, kind: Ent[1], prev: Ent | und
       return;
     }
     ancestors.add(to);
-    const d: DirEnt = ["", DIR, walkDir(w, abs, st, pf?.[1] === DIR && isDirRec(pf[2]) ? pf[2] : undefined, true, ancestors, to)];
+    const d: DirEnt = { name: "", kind: DIR, dir: walkDir(w, abs, st, pf?.kind === DIR ? pf.dir : undefined, true, ancestors, to) };
     ancestors.delete(to);
-    ent.push(d);
+    ent.followed = d;
   } else if (st.isFile()) {
-    ent.push(fileEnt(w, abs, "", st, pf));
+    ent.followed = fileEnt(w, abs, "", st, pf);
   } else if (pf !== undefined) {
     w.hit = false;
   }
@@ -245,8 +245,8 @@ function visit(w: Walk, dir: string, name: string, kind: Ent[1], prev: Ent | und
 /** The synthetic top of a non-base layer: install (symlink text only), layer.yaml, convert, target/ (followed). */
 function walkTop(w: Walk, prev: DirRec | undefined): DirRec {
   const ents: Ent[] = [];
-  const prevEnts = prev?.[1] ?? [];
-  const prevOf = (name: string): Ent | undefined => prevEnts.find((e) => Array.isArray(e) && e[0] === name);
+  const prevEnts = prev?.ents ?? [];
+  const prevOf = (name: string): Ent | undefined => prevEnts.find((e) => e.name === name);
   for (const [extra, follow] of EXTRAS) {
     const a = `${w.layer.dir}/${extra}`;
     const st = lstatSync(a, { throwIfNoEntry: false });
@@ -259,8 +259,8 @@ function walkTop(w: Walk, prev: DirRec | undefined): DirRec {
         continue;
       }
       const target = readlinkSync(a);
-      if (pe?.[1] !== LINK || pe[2] !== target || pe[3] !== undefined) w.hit = false;
-      ents.push([extra, LINK, target]);
+      if (pe?.kind !== LINK || pe.target !== target || pe.followed !== undefined) w.hit = false;
+      ents.push({ name: extra, kind: LINK, target });
     } else if (st.isFile()) {
       ents.push(fileEnt(w, a, extra, st, pe));
     }
@@ -270,10 +270,10 @@ function walkTop(w: Walk, prev: DirRec | undefined): DirRec {
   if (tst?.isDirectory()) {
     const real = realpathSync.native(target);
     const pe = prevOf("target");
-    ents.push(["target", DIR, walkDir(w, target, tst, pe?.[1] === DIR && isDirRec(pe[2]) ? pe[2] : undefined, true, new Set([real]), real)]);
+    ents.push({ name: "target", kind: DIR, dir: walkDir(w, target, tst, pe?.kind === DIR ? pe.dir : undefined, true, new Set([real]), real) });
   }
   if (ents.length !== prevEnts.length) w.hit = false;
-  return [0, ents];
+  return { st: undefined, ents };
 }
 
 /**
@@ -289,7 +289,7 @@ function walkInputs(w: Walk, root: string, prev: FileEnt[] | undefined): FileEnt
   }
   const matches = fg.sync(patterns, { cwd: w.layer.dir, absolute: true, onlyFiles: true, dot: true, followSymbolicLinks: true, unique: true });
   const realRoot = realpathSync.native(root);
-  const byName = new Map((prev ?? []).map((e) => [e[0], e]));
+  const byName = new Map((prev ?? []).map((e) => [e.name, e]));
   const out: FileEnt[] = [];
   for (const abs of [...new Set(matches.map((m) => path.resolve(m)))].sort()) {
     const rel = path.relative(root, abs);
@@ -322,34 +322,34 @@ function walkInputs(w: Walk, root: string, prev: FileEnt[] | undefined): FileEnt
 export function manifestOf(kind: LayerKind, top: DirRec, inputs?: readonly FileEnt[]): InputManifest {
   const m: InputManifest = {};
   const add = (e: Ent, r: string): void => {
-    switch (e[1]) {
+    switch (e.kind) {
       case FILE:
-        m[`file:${r}`] = e[7] ? `${e[6]}:x` : e[6];
+        m[`file:${r}`] = e.exec ? `${e.digest}:x` : e.digest;
         break;
       case DIR:
         m[`dir:${r}`] = "dir";
-        addDir(e[2], r);
+        addDir(e.dir, r);
         break;
       case LINK:
-        m[`link:${r}`] = e[2];
-        if (e[3]) add(e[3], r);
+        m[`link:${r}`] = e.target;
+        if (e.followed) add(e.followed, r);
         break;
       case OTHER:
         break;
     }
   };
   const addDir = (d: DirRec, rel: string): void => {
-    for (const e of d[1]) add(e, rel ? `${rel}/${e[0]}` : e[0]);
+    for (const e of d.ents) add(e, rel ? `${rel}/${e.name}` : e.name);
   };
   if (kind === "base") addDir(top, "");
   else {
-    for (const e of top[1]) {
+    for (const e of top.ents) {
       // target/ itself is no entry: only what rsync copies out of it is
-      if (e[1] === DIR) addDir(e[2], e[0]);
-      else add(e, e[0]);
+      if (e.kind === DIR) addDir(e.dir, e.name);
+      else add(e, e.name);
     }
   }
-  for (const e of inputs ?? []) m[`input:${e[0]}`] = e[7] ? `${e[6]}:x` : e[6];
+  for (const e of inputs ?? []) m[`input:${e.name}`] = e.exec ? `${e.digest}:x` : e.digest;
   return m;
 }
 
@@ -369,7 +369,7 @@ function walkLayer(layer: Layer, cache: StatCache): WalkResult {
     const st = statSync(layer.dir, { throwIfNoEntry: false });
     if (!st?.isDirectory()) {
       w.problems.push({ reason: "unreadable", where: `layers/${layer.name}`, message: "cannot read directory: it is gone" });
-      return { w, prev, top: [0, []], inputs: undefined };
+      return { w, prev, top: { st: undefined, ents: [] }, inputs: undefined };
     }
     const real = realpathSync.native(layer.dir);
     // test/ is not part of the image: editing a test reruns the tests, never the build (see testManifests).
@@ -393,7 +393,7 @@ function walkTests(layer: Layer, cache: StatCache): WalkResult {
   const st = statSync(dir, { throwIfNoEntry: false });
   if (!st?.isDirectory()) {
     w.problems.push({ reason: "unreadable", where: `layers/${layer.name}/${TEST_DIR}`, message: "cannot read directory: it is gone" });
-    return { w, prev, top: [0, []], inputs: undefined };
+    return { w, prev, top: { st: undefined, ents: [] }, inputs: undefined };
   }
   const real = realpathSync.native(dir);
   return { w, prev, top: walkDir(w, dir, st, prev?.top, true, new Set([real]), real), inputs: undefined };
@@ -465,7 +465,7 @@ async function digestWalks(walks: WalkResult[], cache: StatCache, signal?: Abort
     HASH_CONCURRENCY,
     async (f) => {
       try {
-        f.ent[6] = await cache.hash(f.abs, f.size);
+        f.ent.digest = await cache.hash(f.abs, f.size);
       } catch (e) {
         unreadable(f, e);
       }
@@ -479,7 +479,7 @@ async function digestWalks(walks: WalkResult[], cache: StatCache, signal?: Abort
     }
     const f = small[i]!;
     try {
-      f.ent[6] = cache.hashSync(f.abs, f.size);
+      f.ent.digest = cache.hashSync(f.abs, f.size);
     } catch (e) {
       unreadable(f, e);
     }

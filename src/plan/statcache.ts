@@ -59,17 +59,145 @@ export const LINK = 2;
 export const OTHER = 3;
 
 /**
- * A regular file (or, as the `followed` part of a symlink, what it points to). size is -1 when the
- * stat cannot be trusted next time (racy): the digest is still right for this run.
+ * A regular file (or, as the `followed` part of a symlink, what it points to, named ""). size is -1 when
+ * the stat cannot be trusted next time (racy, or on another file system than the stamp's): the digest is
+ * still right for this run.
  */
-export type FileEnt = [name: string, t: typeof FILE, size: number, mtimeMs: number, ctimeMs: number, ino: number, digest: string, exec: 0 | 1];
-export type DirEnt = [name: string, t: typeof DIR, dir: DirRec];
+export interface FileEnt {
+  name: string;
+  kind: typeof FILE;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  ino: number;
+  /** sha256 of the contents ("" while the walk has it queued for hashing). */
+  digest: string;
+  /** 1 if any exec bit is set. */
+  exec: 0 | 1;
+}
+export interface DirEnt {
+  name: string;
+  kind: typeof DIR;
+  dir: DirRec;
+}
 /** A symlink: its target text, and in trees walked as `rsync -L` does, what it resolves to. */
-export type LinkEnt = [name: string, t: typeof LINK, target: string, followed?: FileEnt | DirEnt];
-export type OtherEnt = [name: string, t: typeof OTHER];
+export interface LinkEnt {
+  name: string;
+  kind: typeof LINK;
+  target: string;
+  followed?: FileEnt | DirEnt;
+}
+export interface OtherEnt {
+  name: string;
+  kind: typeof OTHER;
+}
 export type Ent = FileEnt | DirEnt | LinkEnt | OtherEnt;
-/** A directory: [mtimeMs, ctimeMs, ino] when its listing can be trusted next time (else 0), its entries. */
-export type DirRec = [st: [number, number, number] | 0, ents: Ent[]];
+/** A directory's own stat, recorded when its listing can be trusted next time. */
+export interface DirStat {
+  mtimeMs: number;
+  ctimeMs: number;
+  ino: number;
+}
+/** A directory: its stat (undefined when its listing must not be trusted next time) and its entries. */
+export interface DirRec {
+  st: DirStat | undefined;
+  ents: Ent[];
+}
+
+/*
+ * On disk the records stay positional (a third of the size of named JSON, and JSON.parse of the file is
+ * the largest single step of a warm plan); they are decoded into the named shapes above when the file is
+ * loaded and encoded back when it is saved, so no other code reads a tuple.
+ *   file  [name, 0, size, mtimeMs, ctimeMs, ino, digest, exec]
+ *   dir   [name, 1, [[mtimeMs, ctimeMs, ino] | 0, [entries...]]]
+ *   link  [name, 2, target] or [name, 2, target, followed]
+ *   other [name, 3]
+ */
+type DiskDir = [st: [number, number, number] | 0, ents: unknown[]];
+
+const isNum = (v: unknown): v is number => typeof v === "number";
+
+/** A decoded entry, or undefined when the tuple is not one (the whole layer record is then dropped). */
+function decodeEnt(v: unknown): Ent | undefined {
+  if (!Array.isArray(v) || typeof v[0] !== "string") return undefined;
+  const name = v[0];
+  switch (v[1]) {
+    case FILE: {
+      const [, , size, mtimeMs, ctimeMs, ino, digest, exec] = v as unknown[];
+      if (v.length !== 8 || !isNum(size) || !isNum(mtimeMs) || !isNum(ctimeMs) || !isNum(ino) || typeof digest !== "string" || (exec !== 0 && exec !== 1)) return undefined;
+      return { name, kind: FILE, size, mtimeMs, ctimeMs, ino, digest, exec };
+    }
+    case DIR: {
+      const dir = v.length === 3 ? decodeDir(v[2]) : undefined;
+      return dir && { name, kind: DIR, dir };
+    }
+    case LINK: {
+      if (typeof v[2] !== "string" || v.length > 4) return undefined;
+      if (v.length === 3) return { name, kind: LINK, target: v[2] };
+      const followed = decodeEnt(v[3]);
+      return followed?.kind === FILE || followed?.kind === DIR ? { name, kind: LINK, target: v[2], followed } : undefined;
+    }
+    case OTHER:
+      return v.length === 2 ? { name, kind: OTHER } : undefined;
+    default:
+      return undefined;
+  }
+}
+
+function decodeDir(v: unknown): DirRec | undefined {
+  if (!Array.isArray(v) || v.length !== 2 || !Array.isArray(v[1])) return undefined;
+  const s: unknown = v[0];
+  let st: DirStat | undefined;
+  if (Array.isArray(s)) {
+    if (s.length !== 3 || !isNum(s[0]) || !isNum(s[1]) || !isNum(s[2])) return undefined;
+    st = { mtimeMs: s[0], ctimeMs: s[1], ino: s[2] };
+  } else if (s !== 0) return undefined;
+  const raw = v[1] as unknown[];
+  const ents: Ent[] = new Array<Ent>(raw.length);
+  for (let i = 0; i < raw.length; i++) {
+    const e = decodeEnt(raw[i]);
+    if (e === undefined) return undefined;
+    ents[i] = e;
+  }
+  return { st, ents };
+}
+
+function encodeEnt(e: Ent): unknown[] {
+  switch (e.kind) {
+    case FILE:
+      return [e.name, FILE, e.size, e.mtimeMs, e.ctimeMs, e.ino, e.digest, e.exec];
+    case DIR:
+      return [e.name, DIR, encodeDir(e.dir)];
+    case LINK:
+      return e.followed ? [e.name, LINK, e.target, encodeEnt(e.followed)] : [e.name, LINK, e.target];
+    case OTHER:
+      return [e.name, OTHER];
+  }
+}
+
+function encodeDir(d: DirRec): DiskDir {
+  return [d.st ? [d.st.mtimeMs, d.st.ctimeMs, d.st.ino] : 0, d.ents.map(encodeEnt)];
+}
+
+/** A layer record as stored: [digest, top] or [digest, top, inputs]. */
+function decodeLayer(v: unknown): LayerRec | undefined {
+  if (!Array.isArray(v) || (v.length !== 2 && v.length !== 3) || typeof v[0] !== "string") return undefined;
+  const top = decodeDir(v[1]);
+  if (!top) return undefined;
+  if (v.length === 2) return { digest: v[0], top };
+  if (!Array.isArray(v[2])) return undefined;
+  const inputs: FileEnt[] = [];
+  for (const x of v[2] as unknown[]) {
+    const e = decodeEnt(x);
+    if (e?.kind !== FILE) return undefined;
+    inputs.push(e);
+  }
+  return { digest: v[0], top, inputs };
+}
+
+function encodeLayer(r: LayerRec): unknown[] {
+  return r.inputs ? [r.digest, encodeDir(r.top), r.inputs.map(encodeEnt)] : [r.digest, encodeDir(r.top)];
+}
 
 /** What the last walk of one layer saw. */
 export interface LayerRec {
@@ -156,13 +284,9 @@ export class StatCache {
       const data = JSON.parse(isAscii(buf) ? buf.toString("latin1") : buf.toString("utf8")) as { version?: number; root?: string; layers?: Record<string, unknown> };
       if (data.version === VERSION && data.root === root && data.layers) {
         for (const [k, v] of Object.entries(data.layers)) {
-          // Only the outer shape is checked: a record is only ever compared against a fresh walk, and a
-          // malformed one simply fails to match (see fingerprint.ts).
-          if (Array.isArray(v) && (v.length === 2 || v.length === 3) && typeof v[0] === "string" && isDirRec(v[1])) {
-            const rec: LayerRec = { digest: v[0], top: v[1] };
-            if (Array.isArray(v[2])) rec.inputs = v[2] as FileEnt[];
-            layers.set(k, rec);
-          }
+          // A record that does not decode is as good as absent: its layer is walked and hashed afresh.
+          const rec = decodeLayer(v);
+          if (rec) layers.set(k, rec);
         }
       }
     } catch {
@@ -237,8 +361,8 @@ export class StatCache {
     if (!this.dirty) return;
     await fs.mkdir(path.dirname(this.file), { recursive: true });
     const tmp = `${this.file}.${process.pid}.${Date.now()}.tmp`;
-    const layers: Record<string, [string, DirRec] | [string, DirRec, FileEnt[]]> = {};
-    for (const [k, r] of this.layers) layers[k] = r.inputs ? [r.digest, r.top, r.inputs] : [r.digest, r.top];
+    const layers: Record<string, unknown[]> = {};
+    for (const [k, r] of this.layers) layers[k] = encodeLayer(r);
     try {
       await fs.writeFile(tmp, JSON.stringify({ version: VERSION, root: this.root, layers }));
       await fs.rename(tmp, this.file);
@@ -248,10 +372,6 @@ export class StatCache {
     }
     this.dirty = false;
   }
-}
-
-export function isDirRec(v: unknown): v is DirRec {
-  return Array.isArray(v) && v.length === 2 && Array.isArray(v[1]);
 }
 
 /** Device of `dir` or of its nearest existing ancestor (where the cache file will be written). */
@@ -266,17 +386,17 @@ function deviceOf(dir: string): number {
 /** Does a record hold a file or directory stat that the stamp `ms` does not vouch for? */
 function hasRacy(rec: LayerRec, ms: number): boolean {
   const racyEnt = (e: Ent): boolean => {
-    switch (e[1]) {
+    switch (e.kind) {
       case FILE:
-        return e[2] !== -1 && (e[3] >= ms || e[4] >= ms);
+        return e.size !== -1 && (e.mtimeMs >= ms || e.ctimeMs >= ms);
       case DIR:
-        return racyDir(e[2]);
+        return racyDir(e.dir);
       case LINK:
-        return e[3] !== undefined && racyEnt(e[3]);
+        return e.followed !== undefined && racyEnt(e.followed);
       case OTHER:
         return false;
     }
   };
-  const racyDir = (d: DirRec): boolean => (d[0] !== 0 && (d[0][0] >= ms || d[0][1] >= ms)) || d[1].some(racyEnt);
+  const racyDir = (d: DirRec): boolean => (d.st !== undefined && (d.st.mtimeMs >= ms || d.st.ctimeMs >= ms)) || d.ents.some(racyEnt);
   return racyDir(rec.top) || (rec.inputs ?? []).some(racyEnt);
 }
