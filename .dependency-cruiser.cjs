@@ -1,8 +1,10 @@
 /**
  * The module layering of src/, in ONE place. Data flows one way:
  *
- *   cli -> watch -> exec -> {cache, report} -> {plan, store, vm} -> model -> project -> util
- *                      exec -> proxy (the package cache; node and npm modules only)
+ *   cli -> watch -> exec -> {cache, report, proxy, vm} -> {plan, store} -> model -> project -> util
+ *
+ * (roughly: the exact edges are LAYERS below, drawn in docs/architecture.md; e.g. exec does not import
+ * plan, vm imports only project and util, proxy only util).
  *
  * LAYERS says, for each folder of src/, which other folders it may import (types included). Anything not
  * listed is an upward or sideways import and fails `npm test` (test/unit/architecture.test.ts runs this

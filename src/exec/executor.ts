@@ -78,7 +78,8 @@ export async function build(project: Project, plan: Plan, store: Store, opts: Bu
   const sched: SchedNode[] = stale.map((n) => ({
     id: n.stack,
     parent: n.parent,
-    mem: n.kind === "base" ? 0 : vmMem(project, n),
+    // A base install boots no VM, unless its layer has tests (the test VM boots the new image).
+    mem: n.kind === "base" && !n.tests ? 0 : vmMem(project, n),
     // The scheduler starts the longest remaining chain first, from these recorded durations.
     ...(n.lastDuration !== undefined ? { seconds: n.lastDuration } : {}),
   }));

@@ -8,6 +8,7 @@ import * as path from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { loadExeca } from "../util/lazy.js";
+import { mib } from "../util/units.js";
 import { withParentDeathSignal } from "../util/parent-death.js";
 import type { Step } from "../report/events.js";
 import type { NodeLog } from "./node-log.js";
@@ -118,7 +119,7 @@ export async function fetchImport(
       const now = Date.now();
       if (now - last > 1000) {
         last = now;
-        opts.progress(total ? `${mib(done)} / ${mib(total)} MiB (${Math.floor((done * 100) / total)}%)` : `${mib(done)} MiB`);
+        opts.progress(total ? `${mib(done)} of ${mib(total)} (${Math.floor((done * 100) / total)}%)` : mib(done));
       }
       cb(null, chunk);
     },
@@ -143,13 +144,10 @@ export async function fetchImport(
       throw new StepError("import", `checksum mismatch for ${from}: expected sha256 ${want}, got ${got} (fix sha256: in layer.yaml if the source changed on purpose)`);
     }
     await fs.rename(tmp, cached);
-    opts.progress(`${mib(done)} MiB verified`);
+    opts.progress(`${mib(done)} verified`);
     return cached;
   } finally {
     await fs.rm(tmp, { force: true });
   }
 }
 
-function mib(n: number): string {
-  return (n / 1048576).toFixed(1);
-}

@@ -10,7 +10,8 @@
  * point, so a build killed at any moment leaves either the old entry or the new one, never an entry
  * pointing at half a file. Readers also check the body's size against the entry.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
+import { sha256Hex } from "../util/digest.js";
 import { createWriteStream, type WriteStream } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
@@ -67,7 +68,7 @@ export class ProxyStore {
   }
 
   static key(url: string): string {
-    return createHash("sha256").update(url).digest("hex");
+    return sha256Hex(url);
   }
 
   private entryPath(key: string): string {

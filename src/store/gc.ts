@@ -13,7 +13,6 @@ import type { NodeKey } from "../model/plan.js";
 import { qcow2Backing } from "./qcow2.js";
 import { registeredSnapshots } from "./snapshots.js";
 
-export { qcow2Backing } from "./qcow2.js";
 import type { Store } from "./store.js";
 import { WarmStore } from "./warm.js";
 

@@ -4,7 +4,7 @@
  * so each is registered here (one small file per snapshot, no lock needed) and gc keeps the backing chain
  * of every registered snapshot that still exists. Registrations of deleted snapshots are dropped by gc.
  */
-import { createHash } from "node:crypto";
+import { sha256Hex } from "../util/digest.js";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { Store } from "./store.js";
@@ -16,7 +16,7 @@ function registryDir(store: Store): string {
 }
 
 function entryFile(store: Store, file: string): string {
-  return path.join(registryDir(store), `${createHash("sha256").update(file).digest("hex").slice(0, 24)}.json`);
+  return path.join(registryDir(store), `${sha256Hex(file).slice(0, 24)}.json`);
 }
 
 /** Record that `file` (a qcow2 snapshot) may be backed by an object of this store. */

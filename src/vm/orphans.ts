@@ -12,7 +12,6 @@ import { promises as fs, readFileSync } from "node:fs";
 import path from "node:path";
 import { sleep } from "../util/sleep.js";
 
-export { withParentDeathSignal } from "../util/parent-death.js";
 
 /** The NUL-separated command line of a live process, or undefined. */
 function cmdline(pid: number): string[] | undefined {

@@ -11,7 +11,7 @@ import { DbuildError, errorMessage } from "../util/errors.js";
 import { accelArgs, resolveAccelerator, type ResolvedAccel } from "./accel.js";
 import { GuestAgent } from "./agent.js";
 import { freeTcpPort, randomMac, releasePort } from "./ports.js";
-import { withParentDeathSignal } from "./orphans.js";
+import { withParentDeathSignal } from "../util/parent-death.js";
 import { QmpClient } from "./qmp.js";
 import { resumeIncoming } from "./warm.js";
 import { installVmCleanupHandlers, registerVm, unregisterVm } from "./registry.js";

@@ -32,6 +32,25 @@ describe("module layering", () => {
     expect(r.modules).toBeGreaterThan(50);
   }, 120_000);
 
+  it("docs/architecture.md draws exactly the edges LAYERS allows", async () => {
+    const config = require(path.join(repoRoot, ".dependency-cruiser.cjs")) as { forbidden: Array<{ name: string; from?: { path?: string }; to?: { pathNot?: string } }> };
+    // LAYERS, read back from the rules made of it: `layer-X` forbids src/ except ^src/(X|allowed...)/
+    const allowed = new Set<string>();
+    for (const r of config.forbidden.filter((f) => f.name.startsWith("layer-"))) {
+      const from = r.name.slice("layer-".length);
+      const list = /^\^src\/\((.*)\)\/$/.exec(r.to?.pathNot ?? "")?.[1]?.split("|") ?? [];
+      for (const to of list) if (to !== from) allowed.add(`${from} --> ${to}`);
+    }
+    expect(allowed.size).toBeGreaterThan(20);
+    const doc = await fs.readFile(path.join(repoRoot, "docs/architecture.md"), "utf8");
+    const graph = /```mermaid\ngraph TD\n([\s\S]*?)```/.exec(doc)?.[1] ?? "";
+    const drawn = new Set(graph.split("\n").map((l) => l.trim()).filter(Boolean));
+    // util is allowed everywhere and drawn only under the folders that import nothing else of ours.
+    const notUtil = (e: string): boolean => !e.endsWith("--> util");
+    expect([...drawn].filter(notUtil).sort()).toEqual([...allowed].filter(notUtil).sort());
+    for (const e of drawn) expect(allowed.has(e), e).toBe(true);
+  });
+
   let tmp: string | undefined;
   afterAll(async () => {
     if (tmp) await fs.rm(tmp, { recursive: true, force: true });

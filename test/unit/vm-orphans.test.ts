@@ -30,7 +30,7 @@ describe("orphan QEMU processes", () => {
     // Runs the compiled module (dist/, built by `npm test`), as the real CLI does.
     const script = `
       import { spawn } from "node:child_process";
-      import { withParentDeathSignal } from ${JSON.stringify(path.join(repo, "dist/vm/orphans.js"))};
+      import { withParentDeathSignal } from ${JSON.stringify(path.join(repo, "dist/util/parent-death.js"))};
       const [f, a] = withParentDeathSignal("bash", ["-c", "exec -a ${marker} sleep 300"]);
       spawn(f, a, { stdio: "ignore" });
       process.stdout.write("ready\\n");
