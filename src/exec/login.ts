@@ -2,7 +2,7 @@
  * How dbuild logs in to the image of a stack: which user, and whether the key has to be handed over
  * through a NoCloud seed because it is not (or no longer) in the image.
  */
-import { realpathSync } from "node:fs";
+import { realPathOr } from "../util/fs.js";
 import path from "node:path";
 import type { NodeKey } from "../model/plan.js";
 import type { Project } from "../project/types.js";
@@ -47,8 +47,8 @@ export async function loginForImage(project: Project, image: string): Promise<Lo
   try {
     const info = await imageInfo(image);
     for (const f of info.chain) {
-      const real = realOr(f.filename);
-      if (path.dirname(real) !== realOr(store.objectsDir)) continue;
+      const real = realPathOr(f.filename);
+      if (path.dirname(real) !== realPathOr(store.objectsDir)) continue;
       const rec = await store.record(path.basename(real).split(".")[0] as NodeKey);
       if (rec) return loginFor(project, rec.stack);
     }
@@ -59,10 +59,3 @@ export async function loginForImage(project: Project, image: string): Promise<Lo
   return { user, seed: user !== "root" };
 }
 
-function realOr(p: string): string {
-  try {
-    return realpathSync(p);
-  } catch {
-    return path.resolve(p);
-  }
-}

@@ -1,4 +1,4 @@
-import { accessSync, constants } from "node:fs";
+import { accessSync, constants, realpathSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 
@@ -24,4 +24,13 @@ export function findOnPath(cmd: string, extraDirs: readonly string[] = []): stri
     }
   }
   return undefined;
+}
+
+/** The path with every symlink resolved; when it cannot be (it does not exist), just made absolute. */
+export function realPathOr(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
 }

@@ -17,10 +17,10 @@ export interface RsyncTarget {
 export const HOST_ALIAS = "dbuild-vm";
 
 /**
- * The OpenSSH command line used by rsync and `dbuild ssh`: never prompts; with a VM's known_hosts, only its
- * verified host key is accepted.
+ * The OpenSSH options used by rsync, `dbuild ssh` and the watch shell: never prompts unless `interactive`;
+ * with a VM's known_hosts, only its verified host key is accepted.
  */
-export function sshArgs(t: { port: number; keyPath: string; knownHosts?: string }): string[] {
+export function sshArgs(t: { port: number; keyPath: string; knownHosts?: string; interactive?: boolean }): string[] {
   const hostKeys = t.knownHosts
     ? ["-o", "StrictHostKeyChecking=yes", "-o", `UserKnownHostsFile=${t.knownHosts}`, "-o", `HostKeyAlias=${HOST_ALIAS}`]
     : ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"];
@@ -29,7 +29,8 @@ export function sshArgs(t: { port: number; keyPath: string; knownHosts?: string 
     "-p", String(t.port),
     ...hostKeys,
     "-o", "LogLevel=ERROR",
-    "-o", "BatchMode=yes",
+    // Interactive (a shell for a person): may ask, e.g. for a key's passphrase.
+    ...(t.interactive ? [] : ["-o", "BatchMode=yes"]),
     "-o", "IdentitiesOnly=yes",
     "-o", "ConnectTimeout=10",
   ];

@@ -265,6 +265,7 @@ export class WatchSession {
         sshHost: vm.sshHost,
         sshPort: vm.sshPort,
         keyPath: vm.keyPath,
+        user: vm.user,
         ssh: vm.ssh,
         bootSeconds: vm.bootSeconds,
       });

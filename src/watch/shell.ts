@@ -7,6 +7,7 @@ import { startThrowawayVm } from "../exec/throwaway.js";
 import type { Project } from "../project/types.js";
 import type { Store } from "../store/store.js";
 import { ensureProjectKey } from "../vm/keys.js";
+import { sshArgs } from "../vm/rsync.js";
 import { shellQuote } from "../vm/ssh.js";
 import { loginFor } from "../exec/login.js";
 
@@ -17,6 +18,8 @@ export interface ShellVm {
   sshHost: string;
   sshPort: number;
   keyPath: string;
+  /** Login user. */
+  user: string;
   /** OpenSSH command line reaching the VM as its login user. */
   ssh: string;
   /** Seconds from snapshot to a working SSH. */
@@ -49,10 +52,9 @@ export async function startShell(project: Project, store: Store, stack: string, 
     sshHost: t.vm.sshHost,
     sshPort: t.vm.sshPort,
     keyPath: key,
-    // Interactive: no BatchMode, and no host-key prompt for a VM that lives a few minutes.
-    ssh: ["ssh", "-i", key, "-p", String(t.vm.sshPort), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", `${user}@${t.vm.sshHost}`]
-      .map((a) => shellQuote(a))
-      .join(" "),
+    user,
+    // Interactive, and no host-key prompt for a VM that lives a few minutes.
+    ssh: ["ssh", ...sshArgs({ port: t.vm.sshPort, keyPath: key, interactive: true }), `${user}@${t.vm.sshHost}`].map((a) => shellQuote(a)).join(" "),
     bootSeconds: (Date.now() - t0) / 1000,
     stop: () => t.stop(),
   };

@@ -52,7 +52,7 @@ describe("watch text output", () => {
 
   it("the shell line names dbuild ssh and the plain ssh command", () => {
     const out = render([
-      { type: "watch-shell", time: t, cycle: 1, stack: "micro:web", disk: "/tmp/d/micro:web.qcow2", pid: 1, sshHost: "127.0.0.1", sshPort: 4000, keyPath: "/k", ssh: "ssh -p 4000 root@127.0.0.1", bootSeconds: 4.1 },
+      { type: "watch-shell", time: t, cycle: 1, stack: "micro:web", disk: "/tmp/d/micro:web.qcow2", pid: 1, sshHost: "127.0.0.1", sshPort: 4000, keyPath: "/k", user: "root", ssh: "ssh -p 4000 root@127.0.0.1", bootSeconds: 4.1 },
     ]);
     expect(out).toBe("shell on micro:web (up in 4.1 s):  dbuild ssh /tmp/d/micro:web.qcow2\n  or: ssh -p 4000 root@127.0.0.1\n");
   });

@@ -18,9 +18,9 @@ import { startThrowawayVm, type ThrowawayVm } from "../../exec/throwaway.js";
 import { Store } from "../../store/store.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { sshArgs } from "../../vm/rsync.js";
-import { pathExists } from "../../util/fs.js";
+import { pathExists, realPathOr } from "../../util/fs.js";
 import { projectVmOptions } from "../../vm/options.js";
-import { statePath, type RunState } from "../../vm/run-state.js";
+import { statePath, writeRunState, type RunState } from "../../vm/run-state.js";
 import { projectRoot } from "../shared.js";
 import { loginForImage, SEED_INSTANCE_ID } from "../../exec/login.js";
 
@@ -48,13 +48,6 @@ function isInside(child: string, dir: string): boolean {
   return rel === "" || (!rel.startsWith("..") && !path.isAbsolute(rel));
 }
 
-function realOr(p: string): string {
-  try {
-    return realpathSync(p);
-  } catch {
-    return path.resolve(p);
-  }
-}
 
 /** `build/STACK.qcow2`, `STACK.qcow2`, `STACK` or any path to an image: the file it names, resolved. */
 export async function resolveStackImage(project: Project, arg: string): Promise<string> {
@@ -79,7 +72,7 @@ export async function resolveStackImage(project: Project, arg: string): Promise<
 export async function snap(project: Project, image: string, name: string, opts: { force?: boolean } = {}): Promise<string> {
   const backing = await resolveStackImage(project, image);
   const dst = path.resolve(name);
-  if (isInside(realOr(path.dirname(dst)), realOr(project.settings.buildDir))) {
+  if (isInside(realPathOr(path.dirname(dst)), realPathOr(project.settings.buildDir))) {
     throw new DbuildError({
       reason: "snap-in-build-dir",
       where: name,
@@ -98,8 +91,8 @@ export async function snap(project: Project, image: string, name: string, opts: 
 }
 
 function refuseBuildDirImage(project: Project, image: string): void {
-  const real = realOr(image);
-  const buildDir = realOr(project.settings.buildDir);
+  const real = realPathOr(image);
+  const buildDir = realPathOr(project.settings.buildDir);
   if (isInside(real, buildDir) || isInside(path.resolve(image), path.resolve(project.settings.buildDir))) {
     throw new DbuildError({
       reason: "image-in-build-dir",
@@ -202,7 +195,7 @@ export function registerVmCommands(program: Command): void {
         startedAt: new Date().toISOString(),
       };
       if (vm.vncDisplay) state.vnc = vm.vncDisplay;
-      await fs.writeFile(sp, JSON.stringify(state, null, 2) + "\n");
+      writeRunState(state);
       const lines = [`QEMUPID=${vm.pid}`, `IP=${vm.ip}`, `SSH=${vm.sshHost}:${vm.sshPort}`];
       if (vm.vncDisplay) lines.push(`VNC=${vm.vncDisplay}`);
       process.stdout.write(lines.join("\n") + "\n");

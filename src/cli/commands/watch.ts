@@ -5,7 +5,6 @@
  * Exit codes: 130 when stopped by Ctrl-C / SIGTERM (the normal end of a session, like an interrupted
  * build); 2 for a bad path, stack or option before watching starts.
  */
-import { writeFileSync } from "node:fs";
 import * as path from "node:path";
 import type { Command } from "commander";
 import pc from "picocolors";
@@ -18,7 +17,7 @@ import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { isWatchEvent, type WatchEvent } from "../../watch/events.js";
 import { WatchSession } from "../../watch/session.js";
 import { resolveWatchPaths } from "../../watch/watcher.js";
-import { statePath, type RunState } from "../../vm/run-state.js";
+import { writeRunState } from "../../vm/run-state.js";
 import { interruptController, lockBuildDir, NO_WAIT_FLAG, NO_WAIT_HELP, parseJobs, prepareBuildDir, projectRoot, warnReport } from "../shared.js";
 import { ReportWriter } from "../../report/writer.js";
 
@@ -138,18 +137,18 @@ export class WatchTextRenderer {
 }
 
 /** So that `dbuild ssh DISK` reaches the shell VM, as it does a VM started by `dbuild run`. */
-function writeRunState(e: Extract<WatchEvent, { type: "watch-shell" }>): void {
-  const st: RunState = {
+function shellRunState(e: Extract<WatchEvent, { type: "watch-shell" }>): void {
+  writeRunState({
     pid: e.pid,
     disk: e.disk,
     ip: e.sshHost,
     sshHost: e.sshHost,
     sshPort: e.sshPort,
+    user: e.user,
     keyPath: e.keyPath,
     runDir: path.dirname(e.disk),
     startedAt: new Date(e.time).toISOString(),
-  };
-  writeFileSync(statePath(e.disk), JSON.stringify(st, null, 2) + "\n");
+  });
 }
 
 function parseDebounce(v: string | undefined): number {
@@ -178,7 +177,7 @@ export async function runWatch(root: string, paths: string[], o: WatchCliOptions
   const store = new Store(project.settings.buildDir);
   const report = new ReportWriter({ root: absRoot, store, onError: warnReport });
   const emit = (e: WatchEvent | BuildEvent): void => {
-    if (e.type === "watch-shell") writeRunState(e);
+    if (e.type === "watch-shell") shellRunState(e);
     if (mode === "json") write(JSON.stringify(e) + "\n");
     else text.event(e);
     if (!isWatchEvent(e)) report.event(e);
