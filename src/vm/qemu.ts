@@ -492,6 +492,8 @@ export async function deviceSet(opts: VmOptions): Promise<string> {
   const accel = await resolveAccelerator(opts.accelerator, { cacheFile: opts.accelCacheFile, signal: opts.signal });
   const o: VmOptions = { ...opts, disk: "DISK", serialLog: "SERIAL" };
   delete o.resume;
+  // A pidfile is per run (and not a device): a VM resumes whatever file its own pid goes to.
+  delete o.pidFile;
   return buildArgs({ opts: o, accel, mac: "MAC", hostPort: 0, qmpSocket: "QMP", agentSocket: "QGA" }).join(" ");
 }
 
