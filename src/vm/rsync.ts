@@ -2,6 +2,7 @@
 import { RSYNC_NOISE_EXCLUDES } from "../util/editor-noise.js";
 import { loadExeca } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
+import { sleep } from "../util/sleep.js";
 import { shellQuote } from "./ssh.js";
 
 export interface RsyncTarget {
@@ -46,11 +47,19 @@ export async function rsyncTo(localDir: string, remoteDir: string, target: Rsync
   const host = target.host.includes(":") ? `[${target.host}]` : target.host;
   const e = ["ssh", ...sshArgs(target)].map(shellQuote).join(" ");
   const execa = await loadExeca();
-  const r = await execa(
-    "rsync",
-    ["-rL", "--delete", ...RSYNC_NOISE_EXCLUDES, "-e", e, `--rsync-path=mkdir -p ${shellQuote(dst)} && rsync`, src, `${target.username ?? "root"}@${host}:${dst}`],
-    { cancelSignal: opts.signal, timeout: opts.timeoutMs, reject: false, all: true, forceKillAfterDelay: 1000 },
-  );
+  const attempt = () =>
+    execa(
+      "rsync",
+      ["-rL", "--delete", ...RSYNC_NOISE_EXCLUDES, "-e", e, `--rsync-path=mkdir -p ${shellQuote(dst)} && rsync`, src, `${target.username ?? "root"}@${host}:${dst}`],
+      { cancelSignal: opts.signal, timeout: opts.timeoutMs, reject: false, all: true, forceKillAfterDelay: 1000 },
+    );
+  let r = await attempt();
+  // The SSH connection refused before any byte moved (a loaded guest's sshd/dropbear dropping a new
+  // connection during the key exchange): nothing was copied, so trying again is safe.
+  for (let retry = 1; retry <= 3 && r.failed && !r.isCanceled && !r.timedOut && sshRefusedEarly(String(r.all ?? "")); retry++) {
+    await sleep(1000 * retry, opts.signal);
+    r = await attempt();
+  }
   if (r.isCanceled) throw opts.signal?.reason instanceof Error ? opts.signal.reason : new Error("rsync aborted");
   if (r.failed) {
     throw new DbuildError(
@@ -63,4 +72,9 @@ export async function rsyncTo(localDir: string, remoteDir: string, target: Rsync
       1,
     );
   }
+}
+
+/** rsync's output when its SSH transport was closed before the key exchange finished. */
+export function sshRefusedEarly(output: string): boolean {
+  return /kex_exchange_identification|Connection closed by remote host|Connection reset by peer/.test(output) && /0 bytes received so far/.test(output);
 }
