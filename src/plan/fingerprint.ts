@@ -32,11 +32,11 @@
  * Timestamps never count. targets/ values also reach intermediate installs as environment, but only
  * finalizing nodes are keyed by them: one intermediate node is shared by many targets.
  */
-import { hash } from "node:crypto";
 import { constants as fsc, lstatSync, readdirSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import type { Stats } from "node:fs";
 import * as path from "node:path";
 import type { Layer, LayerKind } from "../project/types.js";
+import { sha256Hex } from "../util/digest.js";
 import { isEditorNoise } from "../util/editor-noise.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
@@ -529,7 +529,7 @@ async function pool<T>(items: readonly T[], n: number, fn: (item: T) => Promise<
 }
 
 // One-shot hashing: no Hash object per call (thousands of small strings per plan).
-const sha256 = (s: string): string => hash("sha256", s, "hex");
+const sha256 = sha256Hex;
 
 export interface NodeInputArgs {
   kind: LayerKind;

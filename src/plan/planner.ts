@@ -4,13 +4,13 @@
  */
 import { existsSync } from "node:fs";
 import * as path from "node:path";
+import { sha256Hex } from "../util/digest.js";
 import { parseStack, prefixes } from "../project/stack.js";
 import type { Layer, Project, Target } from "../project/types.js";
 import type { StoreView } from "../model/store.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
 import { canonicalJson, layerKeyer, layerManifests, nodeScalars, testManifests, type NodeKeyer } from "./fingerprint.js";
-import { hash } from "node:crypto";
 import { buildGraph, topoOrder } from "./graph.js";
 import { StatCache } from "./statcache.js";
 import type { InputManifest, NodeStatus, Plan, PlanNode, PlanTests } from "../model/plan.js";
@@ -34,7 +34,7 @@ const TEST_DIGEST_FORMAT = "t1";
 /** The test digest: the test files' digest plus the layer's test: settings (ports, timeout). */
 export function testDigest(layer: Layer, filesDigest: string): string {
   const cfg = layer.config.test ?? {};
-  return hash("sha256", canonicalJson({ format: TEST_DIGEST_FORMAT, files: filesDigest, ports: (cfg.ports ?? []).join(","), timeout: String(cfg.timeout ?? "") }), "hex");
+  return sha256Hex(canonicalJson({ format: TEST_DIGEST_FORMAT, files: filesDigest, ports: (cfg.ports ?? []).join(","), timeout: String(cfg.timeout ?? "") }));
 }
 
 /** Resolve "all" and validate every requested stack; throws one DbuildError listing every bad one. */

@@ -14,9 +14,9 @@
  * when its entries changed and only where that directory exists (loading a project creates nothing).
  * Entries of files no longer in the project are dropped when it is written.
  */
-import { hash } from "node:crypto";
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
+import { sha256Hex } from "../util/digest.js";
 import { fileURLToPath } from "node:url";
 
 const FORMAT = 1;
@@ -90,7 +90,7 @@ export class ConfigCache {
   }
 
   private static key(kind: ConfigKind, text: string): string {
-    return hash("sha256", `${kind}\n${text}`, "hex");
+    return sha256Hex(`${kind}\n${text}`);
   }
 
   get(kind: ConfigKind, text: string): CachedConfig | undefined {
