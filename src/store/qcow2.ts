@@ -40,13 +40,11 @@ const FIRST_BYTES = 1024;
 let firstBuf: Buffer | undefined;
 
 /**
- * The backing file name exactly as a qcow2 header records it (not resolved), read synchronously: one open
- * and, nearly always, one read. Undefined for a file that is not a qcow2 or has no backing file.
+ * The backing file name exactly as the qcow2 header of an open file records it (not resolved), read
+ * synchronously: nearly always one read. Undefined for a file that is not a qcow2 or has no backing file.
  */
-export function qcow2BackingNameSync(file: string): string | undefined {
-  let fd: number | undefined;
+export function qcow2BackingNameFd(fd: number): string | undefined {
   try {
-    fd = openSync(file, "r");
     const buf = (firstBuf ??= Buffer.allocUnsafe(FIRST_BYTES));
     const n = readSync(fd, buf, 0, FIRST_BYTES, 0);
     const at = backingField(buf.subarray(0, n));
@@ -55,6 +53,17 @@ export function qcow2BackingNameSync(file: string): string | undefined {
     const name = Buffer.alloc(at.size);
     readSync(fd, name, 0, at.size, at.off);
     return name.toString("utf8");
+  } catch {
+    return undefined;
+  }
+}
+
+/** qcow2BackingNameFd of a file by its path. */
+export function qcow2BackingNameSync(file: string): string | undefined {
+  let fd: number | undefined;
+  try {
+    fd = openSync(file, "r");
+    return qcow2BackingNameFd(fd);
   } catch {
     return undefined;
   } finally {

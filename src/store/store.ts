@@ -21,12 +21,12 @@
  * (`<key>.<n>.qcow2`) and leaves the old one for the children backed by it; `gc` removes it later.
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, realpathSync, statSync, type Stats } from "node:fs";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, realpathSync, fstatSync, type Stats } from "node:fs";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { NodeKey } from "../model/plan.js";
 import type { NodeRecord, StoreView, TestRecord } from "../model/store.js";
-import { qcow2BackingNameSync } from "./qcow2.js";
+import { qcow2BackingNameFd, qcow2BackingNameSync } from "./qcow2.js";
 import { qemuImg } from "./qemu-img.js";
 import { sha256File } from "../util/digest.js";
 import { fsyncPath, writeFileAtomic } from "./durable.js";
@@ -46,6 +46,8 @@ export class Store implements StoreView {
   private readonly objectOkCache = new Map<string, Now<boolean>>();
   /** Per object: chainOk's answer (the object and the objects it is backed by). */
   private readonly chainOkCache = new Map<string, Now<boolean>>();
+  /** Backing names read from headers while checking sums (see checkObject). */
+  private readonly backingNames = new Map<string, string | undefined>();
   /** Recorded passes of layer tests, `<key>-<test digest>.json`. */
   readonly testsDir: string;
   private readonly recordCache = new Map<string, Now<NodeRecord | null>>();
@@ -107,8 +109,8 @@ export class Store implements StoreView {
   }
 
   /**
-   * Run `fn`, a plan, against listings of the build dir (the views), the records, the objects and the
-   * test passes, each taken once when the first plan starts: a node the store holds nothing for then costs
+   * Run `fn`, a plan, against listings of the build dir (the views), the records, the objects, their sums
+   * and the test passes, each taken once when the first plan starts: a node the store holds nothing for then costs
    * no system call, where it would cost a failed open or readlink, with an error object, each (a project
    * that was never built plans as fast as a built one). A plan reads the store as it was when it started;
    * what this process writes meanwhile is added to the listings.
@@ -213,19 +215,29 @@ export class Store implements StoreView {
     const sumFile = path.join(this.sumsDir, sumName);
     let sum: ObjectSum;
     try {
-      sum = JSON.parse(readFileSync(sumFile, "utf8")) as ObjectSum;
+      const { text, whole } = readHead(sumFile);
+      sum = JSON.parse(whole ? text : readFileSync(sumFile, "utf8")) as ObjectSum;
     } catch {
       return true;
     }
-    let st: Stats;
+    let fd: number;
     try {
-      st = statSync(this.objectPath(name));
+      fd = openSync(this.objectPath(name), "r");
     } catch {
       return false;
     }
-    if (st.size !== sum.size) return false;
-    if (st.mtimeMs === sum.mtimeMs && st.ctimeMs === sum.ctimeMs) return true;
-    return this.recheckObject(name, sumFile, sum, st);
+    try {
+      const st = fstatSync(fd);
+      if (st.size !== sum.size) return false;
+      if (st.mtimeMs !== sum.mtimeMs || st.ctimeMs !== sum.ctimeMs) return this.recheckObject(name, sumFile, sum, st);
+      // The file is open: its backing name now, for chainOk (an object that matches its sum has its header as published).
+      this.backingNames.set(name, qcow2BackingNameFd(fd));
+      return true;
+    } catch {
+      return false;
+    } finally {
+      closeSync(fd);
+    }
   }
 
   private async recheckObject(name: string, sumFile: string, sum: ObjectSum, st: Stats): Promise<boolean> {
@@ -260,7 +272,7 @@ export class Store implements StoreView {
    * any other form is resolved on the file system.
    */
   private backingObject(name: string): string | undefined {
-    const raw = qcow2BackingNameSync(this.objectPath(name));
+    const raw = this.backingNames.has(name) ? this.backingNames.get(name) : qcow2BackingNameSync(this.objectPath(name));
     if (raw === undefined) return undefined;
     const ref = this.backingRef("");
     if (raw.startsWith(ref) && !raw.slice(ref.length).includes("/") && raw.length > ref.length) return raw.slice(ref.length);
@@ -414,6 +426,7 @@ export class Store implements StoreView {
         await writeFileAtomic(path.join(this.sumsDir, `${name}.json`), JSON.stringify(sum) + "\n");
         this.objectOkCache.set(name, true);
         this.chainOkCache.delete(name);
+        this.backingNames.delete(name);
         this.relist("sums", `${name}.json`);
         return name;
       } catch (e) {
@@ -551,15 +564,7 @@ let headBuf: Buffer | undefined;
  * layout (earlier versions wrote inputs in the middle) is read and parsed whole.
  */
 export function readRecord(file: string): NodeRecord {
-  const buf = (headBuf ??= Buffer.allocUnsafe(HEAD_BYTES));
-  const fd = openSync(file, "r");
-  let n: number;
-  try {
-    n = readSync(fd, buf, 0, HEAD_BYTES, 0);
-  } finally {
-    closeSync(fd);
-  }
-  const text = buf.toString("utf8", 0, n);
+  const { text, whole } = readHead(file);
   // A raw newline, two spaces and a quote only start a top-level key (strings hold no raw newline,
   // nested keys are indented further).
   const at = text.indexOf(INPUTS_LAST);
@@ -584,7 +589,20 @@ export function readRecord(file: string): NodeRecord {
       return head as NodeRecord;
     }
   }
-  return JSON.parse(n < HEAD_BYTES ? text : readFileSync(file, "utf8")) as NodeRecord;
+  return JSON.parse(whole ? text : readFileSync(file, "utf8")) as NodeRecord;
+}
+
+/** The first HEAD_BYTES of a file, and whether that is the whole file: one open, one read, one close. */
+function readHead(file: string): { text: string; whole: boolean } {
+  const buf = (headBuf ??= Buffer.allocUnsafe(HEAD_BYTES));
+  const fd = openSync(file, "r");
+  let n: number;
+  try {
+    n = readSync(fd, buf, 0, HEAD_BYTES, 0);
+  } finally {
+    closeSync(fd);
+  }
+  return { text: buf.toString("utf8", 0, n), whole: n < HEAD_BYTES };
 }
 
 /** What Store.planning() lists: a set of names per directory, undefined when it could not be listed. */
