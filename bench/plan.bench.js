@@ -205,9 +205,11 @@ What a warm no-op plan does: it loads only what a plan needs (yaml and zod only 
 config cache does not know, fast-glob only for \`inputs:\`, the build, VM and registry code never);
 takes demobuild.yaml and layer.yaml values from the config cache by their bytes; lstat's every file once,
 reusing each layer's files digest and directory listings from the stat cache; and answers every node
-from one listing each of the views, records, objects and test passes (a node the store holds nothing for
+from one listing each of the views, records, objects, sums and test passes (a node the store holds nothing for
 costs no system call). A built project also reads each fresh node's record, up to its inputs (records are
-written with their inputs last: a fresh node needs only the object they name).
+written with their inputs last: a fresh node needs only the object they name), and checks each object
+once against its publish-time sum (the sum file, and one open of the object for its size, stamps and
+backing name).
 
 Why the 2x goal is out of reach here: Node alone, walking the tree and lstat'ing every file and nothing
 else (the floor row), already takes ${x(beyond(r.floor) / r.git)} \`git status\` beyond starting node, and starting

@@ -11,7 +11,6 @@ import type { StoreView } from "../model/store.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
 import { canonicalJson, layerKeyer, layerManifests, nodeScalars, testManifests, type NodeKeyer } from "./fingerprint.js";
-import { buildGraph, topoOrder } from "./graph.js";
 import { StatCache } from "./statcache.js";
 import type { InputManifest, NodeStatus, Plan, PlanNode, PlanTests } from "../model/plan.js";
 import { describeChanges, diffInputs } from "./why.js";
@@ -113,6 +112,8 @@ export async function makePlan(
 
 async function plan(project: Project, requested: "all" | string[], store: StoreView, opts: PlanOptions): Promise<Plan> {
   const stacks = resolveStacks(project, requested);
+  // The DAG (graphlib) is loaded by the first plan, not by every command that can plan (--help, ssh, run).
+  const { buildGraph, topoOrder } = await import("./graph.js");
   const g = buildGraph(stacks);
   const order = topoOrder(g);
   const layerOf = (stack: string): Layer => project.layers.get(stack.slice(stack.lastIndexOf(":") + 1))!;
