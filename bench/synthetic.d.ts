@@ -5,5 +5,5 @@ export function rng(seed: number): () => number;
 export function generateProject(root: string, opts?: { layers?: number; targets?: number; files?: number }): number;
 export function populateReportStore(
   root: string,
-  opts?: { built?: number },
+  opts?: { built?: number; staleShare?: number },
 ): Promise<{ nodes: number; stale: string[]; failed: string | undefined; built: string[]; trace: BuildTrace }>;

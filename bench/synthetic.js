@@ -86,11 +86,12 @@ const STEPS = { base: ["install-host", "publish"], intermediate: ["cow", "boot",
 
 /**
  * Makes the report's inputs for a generated project, with dbuild's own store (dist/): most of the
- * nodes get an image (small object files, records, views), the rest stay stale; the recorded last build
+ * nodes get an image (small object files, records, views), the rest (a share `staleShare` and the nodes
+ * below them) stay stale; the recorded last build
  * built `built` of the fresh nodes (2 at a time, every step timed) and failed one node; each built node
  * has an install log and a console log. Returns what a test can check against.
  */
-export async function populateReportStore(root, { built = Infinity } = {}) {
+export async function populateReportStore(root, { built = Infinity, staleShare = 0.05 } = {}) {
   const { loadProject } = await import(path.join(repo, "dist/project/load.js"));
   const { makePlan } = await import(path.join(repo, "dist/plan/planner.js"));
   const { Store } = await import(path.join(repo, "dist/store/store.js"));
@@ -104,7 +105,7 @@ export async function populateReportStore(root, { built = Infinity } = {}) {
   const keyOf = new Map(plan.nodes.map((n) => [n.stack, n.key]));
   // Parents first: a node can only have an image if its parent has one.
   for (const n of plan.nodes) {
-    if ((n.parent && stale.has(n.parent)) || rand() < 0.05) {
+    if ((n.parent && stale.has(n.parent)) || rand() < staleShare) {
       stale.add(n.stack);
       continue;
     }

@@ -5,9 +5,7 @@
  */
 import * as os from "node:os";
 import type { Command } from "commander";
-import { OciClient } from "../cache/oci.js";
 import { buildMatrix } from "../cache/shard.js";
-import { remoteArtifacts } from "../cache/sync.js";
 import type { PulledNode } from "../cache/artifact.js";
 import type { NodeKey, Plan, PlanNode } from "../model/plan.js";
 import type { StoreView } from "../model/store.js";
@@ -179,6 +177,8 @@ export async function planAndPrint(root: string, stacks: "all" | string[], opts:
 export async function markRemote(plan: Plan, url: string, store: StoreView): Promise<void> {
   const ask = plan.nodes.filter((n) => n.status === "stale" && !n.forced);
   if (!ask.length) return;
+  // The registry client is loaded only when a cache is asked.
+  const [{ OciClient }, { remoteArtifacts }] = await Promise.all([import("../cache/oci.js"), import("../cache/sync.js")]);
   // Few retries: a plan is interactive, and an unreachable cache only makes it less informed.
   const client = new OciClient(url, { retry: { retries: 1 }, requestTimeoutMs: 10_000 });
   let found: Map<NodeKey, PulledNode | undefined>;

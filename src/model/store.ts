@@ -81,4 +81,9 @@ export interface StoreView {
   objectDigest?(rec: NodeRecord): Promise<string>;
   /** True if a pass of the tests with this digest is recorded for the image the store holds for `key`. */
   testsPassed?(key: NodeKey, digest: string): Promise<boolean>;
+  /**
+   * Run a plan against the store as it is when the plan starts (the store may list its directories once
+   * rather than ask for every node's files one by one).
+   */
+  planning?<T>(fn: () => Promise<T>): Promise<T>;
 }

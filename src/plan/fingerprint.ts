@@ -32,18 +32,24 @@
  * Timestamps never count. targets/ values also reach intermediate installs as environment, but only
  * finalizing nodes are keyed by them: one intermediate node is shared by many targets.
  */
-import { hash } from "node:crypto";
 import { constants as fsc, lstatSync, readdirSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import type { Stats } from "node:fs";
 import * as path from "node:path";
 import type { Layer, LayerKind } from "../project/types.js";
+import { sha256Hex } from "../util/digest.js";
 import { isEditorNoise } from "../util/editor-noise.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
-import fg from "fast-glob";
+import { createRequire } from "node:module";
 import { DIR, FILE, LINK, OTHER, SMALL_FILE } from "./statcache.js";
 import type { DirEnt, DirRec, Ent, FileEnt, LayerRec, LinkEnt, StatCache } from "./statcache.js";
 import type { InputManifest, NodeKey } from "../model/plan.js";
+
+// fast-glob (CommonJS) is loaded on the first layer with `inputs:`: most plans have none, and it costs
+// more to load than a warm plan of a small project takes.
+const requireCjs = createRequire(import.meta.url);
+let fg: typeof import("fast-glob") | undefined;
+const fastGlob = (): typeof import("fast-glob") => (fg ??= requireCjs("fast-glob") as typeof import("fast-glob"));
 
 /** 2: symlinked host scripts keyed by content, inputs: globs, epoch: (images keyed by 1 are not reused). */
 export const FORMAT_VERSION = "2";
@@ -92,8 +98,13 @@ function relWhere(w: Walk, abs: string): string {
   return rel ? `layers/${w.layer.name}/${rel}` : `layers/${w.layer.name}`;
 }
 
+/** lstat without an exception (nor an options object) per missing path. */
+const NO_THROW = { throwIfNoEntry: false } as const;
+
+/** The entry kind of a stat, from its mode bits (no method call per file). */
 function kindOf(st: Stats): Ent["kind"] {
-  return st.isFile() ? FILE : st.isDirectory() ? DIR : st.isSymbolicLink() ? LINK : OTHER;
+  const t = st.mode & fsc.S_IFMT;
+  return t === fsc.S_IFREG ? FILE : t === fsc.S_IFDIR ? DIR : t === fsc.S_IFLNK ? LINK : OTHER;
 }
 
 /** A file's entry: the previous digest when its stat matches, else queued for hashing. */
@@ -133,7 +144,9 @@ function walkDir(w: Walk, abs: string, st: Stats, prev: DirRec | undefined, foll
   const ents: Ent[] = [];
   const rec: DirRec = { st: onStampClock(w, st) ? { mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino } : undefined, ents };
   if (trusted) {
-    for (const pe of prev!.ents) {
+    const pes = prev!.ents;
+    for (let i = 0; i < pes.length; i++) {
+      const pe = pes[i]!;
       // A listing recorded before `skip` was left out still holds it: the digest must be recomputed.
       if (pe.name === skip) w.hit = false;
       else visit(w, abs, pe.name, pe.kind, pe, ents, follow, ancestors, real);
@@ -163,7 +176,7 @@ function walkDir(w: Walk, abs: string, st: Stats, prev: DirRec | undefined, foll
 function visit(w: Walk, dir: string, name: string, kind: Ent["kind"], prev: Ent | undefined, ents: Ent[], follow: boolean, ancestors: Set<string>, real: string): void {
   const abs = `${dir}/${name}`;
   if (kind === FILE || kind === DIR) {
-    const st = lstatSync(abs, { throwIfNoEntry: false });
+    const st = lstatSync(abs, NO_THROW);
     if (st === undefined) {
       w.hit = false; // vanished while we walked
       return;
@@ -199,7 +212,7 @@ function visit(w: Walk, dir: string, name: string, kind: Ent["kind"], prev: Ent 
     w.hit = false;
     if (errCode(e) === "EINVAL") {
       // no longer a symlink
-      const st = lstatSync(abs, { throwIfNoEntry: false });
+      const st = lstatSync(abs, NO_THROW);
       if (st !== undefined) visit(w, dir, name, kindOf(st), undefined, ents, follow, ancestors, real);
     }
     return;
@@ -249,10 +262,11 @@ function walkTop(w: Walk, prev: DirRec | undefined): DirRec {
   const prevOf = (name: string): Ent | undefined => prevEnts.find((e) => e.name === name);
   for (const [extra, follow] of EXTRAS) {
     const a = `${w.layer.dir}/${extra}`;
-    const st = lstatSync(a, { throwIfNoEntry: false });
+    const st = lstatSync(a, NO_THROW);
     if (st === undefined) continue;
     const pe = prevOf(extra);
-    if (st.isSymbolicLink()) {
+    const kind = kindOf(st);
+    if (kind === LINK) {
       if (follow) {
         const real = realpathSync.native(w.layer.dir);
         visit(w, w.layer.dir, extra, LINK, pe, ents, true, new Set([real]), real);
@@ -261,13 +275,13 @@ function walkTop(w: Walk, prev: DirRec | undefined): DirRec {
       const target = readlinkSync(a);
       if (pe?.kind !== LINK || pe.target !== target || pe.followed !== undefined) w.hit = false;
       ents.push({ name: extra, kind: LINK, target });
-    } else if (st.isFile()) {
+    } else if (kind === FILE) {
       ents.push(fileEnt(w, a, extra, st, pe));
     }
   }
   const target = `${w.layer.dir}/target`;
-  const tst = statSync(target, { throwIfNoEntry: false });
-  if (tst?.isDirectory()) {
+  const tst = statSync(target, NO_THROW);
+  if (tst !== undefined && kindOf(tst) === DIR) {
     const real = realpathSync.native(target);
     const pe = prevOf("target");
     ents.push({ name: "target", kind: DIR, dir: walkDir(w, target, tst, pe?.kind === DIR ? pe.dir : undefined, true, new Set([real]), real) });
@@ -287,7 +301,7 @@ function walkInputs(w: Walk, root: string, prev: FileEnt[] | undefined): FileEnt
     if (prev?.length) w.hit = false;
     return undefined;
   }
-  const matches = fg.sync(patterns, { cwd: w.layer.dir, absolute: true, onlyFiles: true, dot: true, followSymbolicLinks: true, unique: true });
+  const matches = fastGlob().sync(patterns, { cwd: w.layer.dir, absolute: true, onlyFiles: true, dot: true, followSymbolicLinks: true, unique: true });
   const realRoot = realpathSync.native(root);
   const byName = new Map((prev ?? []).map((e) => [e.name, e]));
   const out: FileEnt[] = [];
@@ -366,8 +380,8 @@ function walkLayer(layer: Layer, cache: StatCache): WalkResult {
   let top: DirRec;
   if (layer.kind !== "base") top = walkTop(w, prev?.top);
   else {
-    const st = statSync(layer.dir, { throwIfNoEntry: false });
-    if (!st?.isDirectory()) {
+    const st = statSync(layer.dir, NO_THROW);
+    if (st === undefined || kindOf(st) !== DIR) {
       w.problems.push({ reason: "unreadable", where: `layers/${layer.name}`, message: "cannot read directory: it is gone" });
       return { w, prev, top: { st: undefined, ents: [] }, inputs: undefined };
     }
@@ -390,8 +404,8 @@ function walkTests(layer: Layer, cache: StatCache): WalkResult {
   const pseudo: Layer = { ...layer, name: `${layer.name}/${TEST_DIR}`, dir, kind: "base" };
   const w: Walk = { layer: pseudo, cache, problems: [], pending: [], hit: true };
   const prev = cache.previous(dir);
-  const st = statSync(dir, { throwIfNoEntry: false });
-  if (!st?.isDirectory()) {
+  const st = statSync(dir, NO_THROW);
+  if (st === undefined || kindOf(st) !== DIR) {
     w.problems.push({ reason: "unreadable", where: `layers/${layer.name}/${TEST_DIR}`, message: "cannot read directory: it is gone" });
     return { w, prev, top: { st: undefined, ents: [] }, inputs: undefined };
   }
@@ -399,8 +413,8 @@ function walkTests(layer: Layer, cache: StatCache): WalkResult {
   return { w, prev, top: walkDir(w, dir, st, prev?.top, true, new Set([real]), real), inputs: undefined };
 }
 
-/** Files hashed synchronously between two yields to the event loop (so aborts and signals get through). */
-const SYNC_BATCH = 64;
+/** Milliseconds of synchronous hashing between two yields to the event loop (so aborts and signals get through). */
+const SYNC_SLICE_MS = 20;
 
 const yieldToLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
 
@@ -472,10 +486,12 @@ async function digestWalks(walks: WalkResult[], cache: StatCache, signal?: Abort
     },
     signal,
   );
+  let slice = performance.now();
   for (let i = 0; i < small.length; i++) {
-    if (i % SYNC_BATCH === SYNC_BATCH - 1) {
+    if (i % 16 === 15 && performance.now() - slice >= SYNC_SLICE_MS) {
       await yieldToLoop();
       signal?.throwIfAborted();
+      slice = performance.now();
     }
     const f = small[i]!;
     try {
@@ -513,7 +529,7 @@ async function pool<T>(items: readonly T[], n: number, fn: (item: T) => Promise<
 }
 
 // One-shot hashing: no Hash object per call (thousands of small strings per plan).
-const sha256 = (s: string): string => hash("sha256", s, "hex");
+const sha256 = sha256Hex;
 
 export interface NodeInputArgs {
   kind: LayerKind;
@@ -539,9 +555,28 @@ export function nodeInputs(a: NodeInputArgs): InputManifest {
   return { ...nodeScalars(a), ...a.files };
 }
 
-/** Canonical JSON: keys in code-unit order, so the same manifest always gives the same bytes. */
+/** An array index as an object key: JSON.stringify would list it before every other key. */
+const INDEX_KEY = /^(?:0|[1-9][0-9]*)$/;
+
+/**
+ * Canonical JSON: keys in code-unit order, so the same manifest always gives the same bytes. Written
+ * out pair by pair (the bytes JSON.stringify gives for an object built in that order), without building
+ * the object; a manifest with an index-like key (never one of ours) takes JSON.stringify's own order.
+ */
 export function canonicalJson(m: InputManifest): string {
   const keys = Object.keys(m).sort();
+  let out = "";
+  for (let i = 0; i < keys.length; i++) {
+    const k = keys[i]!;
+    const v = m[k];
+    if (INDEX_KEY.test(k)) return canonicalJsonSlow(keys, m);
+    // JSON.stringify leaves out a key whose value is undefined (none of ours has one).
+    if (v !== undefined) out += `${out ? "," : ""}${JSON.stringify(k)}:${JSON.stringify(v)}`;
+  }
+  return `{${out}}`;
+}
+
+function canonicalJsonSlow(keys: readonly string[], m: InputManifest): string {
   const o: Record<string, string> = {};
   for (const k of keys) o[k] = m[k]!;
   return JSON.stringify(o);
@@ -565,4 +600,24 @@ export function nodeKey(m: InputManifest): NodeKey {
 /** nodeKey for a manifest given as its non-file entries plus the digest of its file entries. */
 export function nodeKeyFrom(nonFile: InputManifest, filesDigest: string): NodeKey {
   return sha256(canonicalJson({ ...nonFile, files: filesDigest })) as NodeKey;
+}
+
+/** What a node's key needs beyond its layer: the parent's key and the settings. */
+export type NodeKeyer = (parentKey: NodeKey | null, settings: Record<string, string>, project?: Record<string, string>) => NodeKey;
+
+/**
+ * nodeKeyFrom(nodeScalars(...), filesDigest) for the many nodes of one layer, byte for byte: the entries
+ * they share (epoch, files, format, kind, layer) all sort before "parent", and a node's own (parent,
+ * project:*, setting:*) all after it, so the shared part of the canonical JSON is written once per layer.
+ */
+export function layerKeyer(a: Pick<NodeInputArgs, "kind" | "layer" | "epoch">, filesDigest: string): NodeKeyer {
+  const shared: InputManifest = { format: FORMAT_VERSION, kind: a.kind, layer: a.layer, files: filesDigest };
+  if (a.epoch !== undefined) shared.epoch = a.epoch;
+  const head = canonicalJson(shared).slice(0, -1);
+  return (parentKey, settings, project) => {
+    const own: InputManifest = { parent: parentKey ?? "" };
+    for (const k of Object.keys(settings)) own[`setting:${k}`] = settings[k]!;
+    if (project) for (const k of Object.keys(project)) own[`project:${k}`] = project[k]!;
+    return sha256(`${head},${canonicalJson(own).slice(1)}`) as NodeKey;
+  };
 }

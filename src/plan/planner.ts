@@ -4,14 +4,13 @@
  */
 import { existsSync } from "node:fs";
 import * as path from "node:path";
+import { sha256Hex } from "../util/digest.js";
 import { parseStack, prefixes } from "../project/stack.js";
 import type { Layer, Project, Target } from "../project/types.js";
 import type { StoreView } from "../model/store.js";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
-import { canonicalJson, layerManifests, nodeKeyFrom, nodeScalars, testManifests } from "./fingerprint.js";
-import { hash } from "node:crypto";
-import { buildGraph, topoOrder } from "./graph.js";
+import { canonicalJson, layerKeyer, layerManifests, nodeScalars, testManifests, type NodeKeyer } from "./fingerprint.js";
 import { StatCache } from "./statcache.js";
 import type { InputManifest, NodeStatus, Plan, PlanNode, PlanTests } from "../model/plan.js";
 import { describeChanges, diffInputs } from "./why.js";
@@ -34,7 +33,7 @@ const TEST_DIGEST_FORMAT = "t1";
 /** The test digest: the test files' digest plus the layer's test: settings (ports, timeout). */
 export function testDigest(layer: Layer, filesDigest: string): string {
   const cfg = layer.config.test ?? {};
-  return hash("sha256", canonicalJson({ format: TEST_DIGEST_FORMAT, files: filesDigest, ports: (cfg.ports ?? []).join(","), timeout: String(cfg.timeout ?? "") }), "hex");
+  return sha256Hex(canonicalJson({ format: TEST_DIGEST_FORMAT, files: filesDigest, ports: (cfg.ports ?? []).join(","), timeout: String(cfg.timeout ?? "") }));
 }
 
 /** Resolve "all" and validate every requested stack; throws one DbuildError listing every bad one. */
@@ -108,7 +107,13 @@ export async function makePlan(
   store: StoreView,
   opts: PlanOptions = {},
 ): Promise<Plan> {
+  return store.planning ? store.planning(() => plan(project, requested, store, opts)) : plan(project, requested, store, opts);
+}
+
+async function plan(project: Project, requested: "all" | string[], store: StoreView, opts: PlanOptions): Promise<Plan> {
   const stacks = resolveStacks(project, requested);
+  // The DAG (graphlib) is loaded by the first plan, not by every command that can plan (--help, ssh, run).
+  const { buildGraph, topoOrder } = await import("./graph.js");
   const g = buildGraph(stacks);
   const order = topoOrder(g);
   const layerOf = (stack: string): Layer => project.layers.get(stack.slice(stack.lastIndexOf(":") + 1))!;
@@ -132,6 +137,7 @@ export async function makePlan(
   const targetByStack = new Map<string, Target>(project.targets.map((t) => [t.stack, t]));
   const forced = new Set(opts.force ?? []);
 
+  const keyers = new Map<string, NodeKeyer>();
   const nodes = new Map<string, PlanNode>();
   for (const stack of order) {
     const layer = layerOf(stack);
@@ -139,18 +145,15 @@ export async function makePlan(
     const parentNode = parent === null ? undefined : nodes.get(parent);
     const settings = nodeSettings(project, stack, layer, targetByStack);
     const files = manifests.get(layer.name)!;
-    const scalars = nodeScalars({
-      kind: layer.kind,
-      layer: layer.name,
-      parentKey: parentNode?.key ?? null,
-      settings,
-      ...(layer.config.epoch !== undefined ? { epoch: layer.config.epoch } : {}),
-    });
-    const key = nodeKeyFrom(scalars, files.digest);
+    const epoch = layer.config.epoch !== undefined ? { epoch: layer.config.epoch } : {};
+    let keyer = keyers.get(layer.name);
+    if (!keyer) keyers.set(layer.name, (keyer = layerKeyer({ kind: layer.kind, layer: layer.name, ...epoch }, files.digest)));
+    const parentKey = parentNode?.key ?? null;
+    const key = keyer(parentKey, settings);
     // The flat manifest (hundreds of entries per node, shared by every node of a layer) is only needed
     // for diffs and records: build it on first use, not for each of thousands of fresh nodes.
     let flat: InputManifest | undefined;
-    const inputs = (): InputManifest => (flat ??= { ...scalars, ...files.manifest });
+    const inputs = (): InputManifest => (flat ??= { ...nodeScalars({ kind: layer.kind, layer: layer.name, parentKey, settings, ...epoch }), ...files.manifest });
     const image = userPath(project.root, store.viewPath(stack));
     const force = forced.has(stack) || parentNode?.forced === true;
     const shows = !force && (await store.viewShows(stack, key));
@@ -204,7 +207,13 @@ export async function makePlan(
       kind: layer.kind,
       parent,
       key,
-      inputs: {},
+      // Built on first read; assignable (a literal's accessors cost less than defineProperty per node).
+      get inputs(): InputManifest {
+        return inputs();
+      },
+      set inputs(v: InputManifest) {
+        flat = v;
+      },
       status,
       ...(status === "cached" ? { source: "store" as const } : {}),
       ...(force ? { forced: true } : {}),
@@ -215,14 +224,6 @@ export async function makePlan(
       steps: status === "cached" ? cachedSteps(image, shows, tests?.run ? tests : undefined) : buildSteps(layer, parent, tests?.run ? tests : undefined),
     };
     if (tests) node.tests = tests;
-    Object.defineProperty(node, "inputs", {
-      get: inputs,
-      set: (v: InputManifest) => {
-        flat = v;
-      },
-      enumerable: true,
-      configurable: true,
-    });
     if (status === "stale") {
       const d = await store.lastDuration(stack);
       if (d !== undefined) node.lastDuration = d;

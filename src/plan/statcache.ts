@@ -33,7 +33,7 @@ import { closeSync, fstatSync, openSync, readFileSync, statSync } from "node:fs"
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import type { FileDigest } from "../model/plan.js";
-import { sha256File, sha256Hex } from "../util/digest.js";
+import { sha256File, sha256FileSync } from "../util/digest.js";
 
 /**
  * Bump when the records' layout or the way fingerprint.ts turns a walk into a digest changes: a stored
@@ -123,7 +123,13 @@ function decodeEnt(v: unknown): Ent | undefined {
   const name = v[0];
   switch (v[1]) {
     case FILE: {
-      const [, , size, mtimeMs, ctimeMs, ino, digest, exec] = v as unknown[];
+      // Indexed, not destructured: destructuring an array runs its iterator, and this runs per file.
+      const size: unknown = v[2];
+      const mtimeMs: unknown = v[3];
+      const ctimeMs: unknown = v[4];
+      const ino: unknown = v[5];
+      const digest: unknown = v[6];
+      const exec: unknown = v[7];
       if (v.length !== 8 || !isNum(size) || !isNum(mtimeMs) || !isNum(ctimeMs) || !isNum(ino) || typeof digest !== "string" || (exec !== 0 && exec !== 1)) return undefined;
       return { name, kind: FILE, size, mtimeMs, ctimeMs, ino, digest, exec };
     }
@@ -328,7 +334,7 @@ export class StatCache {
    */
   hashSync(absPath: string, size: number): FileDigest {
     this.onHash?.(this.keyOf(absPath));
-    const digest = sha256Hex(readFileSync(absPath)) as FileDigest;
+    const digest = sha256FileSync(absPath, size) as FileDigest;
     this.stats.hashed++;
     this.stats.bytesHashed += size;
     return digest;

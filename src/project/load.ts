@@ -12,11 +12,14 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { DbuildError } from "../util/errors.js";
 import type { Problem } from "../util/errors.js";
+import { ConfigCache, pathKey, type ConfigKind, type ConfigPath } from "./config-cache.js";
+import type { LayerYaml, ProjectYaml } from "./schema.js";
 import { LAYER_NAME, parseStack } from "./stack.js";
 import type { Layer, LayerConfig, LayerKind, Project, ProjectSettings, Target } from "./types.js";
+import type { YamlResult } from "./yaml.js";
 
-// yaml and zod take longer to load than a warm plan takes to run; most layers have no layer.yaml, so
-// they are loaded on first use only.
+// yaml and zod take longer to load than a warm plan takes to run: they are loaded on the first config
+// file the config cache does not know (most layers have no layer.yaml at all).
 let yamlTools: Promise<[typeof import("./yaml.js"), typeof import("./schema.js")]> | undefined;
 const loadYamlTools = (): Promise<[typeof import("./yaml.js"), typeof import("./schema.js")]> =>
   (yamlTools ??= Promise.all([import("./yaml.js"), import("./schema.js")]));
@@ -75,19 +78,85 @@ function statOrUndefined(p: string): Stats | undefined {
 const isExecutableFile = (st: Stats | undefined): boolean =>
   st !== undefined && st.isFile() && (st.mode & (fsc.S_IXUSR | fsc.S_IXGRP | fsc.S_IXOTH)) !== 0;
 
-async function loadSettings(root: string, problems: Problem[]): Promise<{ settings: ProjectSettings; file?: string }> {
+/** The names in a directory, or undefined when it cannot be listed (then every name is looked up). */
+function listDir(dir: string): Set<string> | undefined {
+  try {
+    return new Set(fs.readdirSync(dir));
+  } catch {
+    return undefined;
+  }
+}
+
+/** One load of the project: the config cache it reads (none: every file is parsed), and what it saw of it. */
+interface LoadCtx {
+  cache: ConfigCache | undefined;
+  /** Some config came from the cache. */
+  fromCache: boolean;
+  /** A position the cache did not record was asked for: the load is done again without the cache. */
+  incomplete: boolean;
+}
+
+type ConfigOf<K extends ConfigKind> = K extends "project" ? ProjectYaml : LayerYaml;
+
+/**
+ * Parse and validate a config file: from the config cache when it knows these bytes, else with yaml and
+ * zod (the result then goes into the cache if it has no problem, with the positions of `eager`'s paths).
+ */
+async function parseConfig<K extends ConfigKind>(ctx: LoadCtx, kind: K, text: string, relFile: string, eager: (v: ConfigOf<K>) => ConfigPath[]): Promise<YamlResult<ConfigOf<K>>> {
+  const hit = ctx.cache?.get(kind, text);
+  if (hit) {
+    ctx.fromCache = true;
+    return {
+      value: hit.value as ConfigOf<K>,
+      problems: [],
+      locate: (p) => {
+        const at = hit.locs[pathKey(p)];
+        if (at === undefined) ctx.incomplete = true;
+        return at === undefined ? relFile : `${relFile}:${at}`;
+      },
+    };
+  }
+  const [{ parseYamlFile }, { projectYaml, layerYaml }] = await loadYamlTools();
+  const r = (kind === "project" ? parseYamlFile(text, relFile, projectYaml) : parseYamlFile(text, relFile, layerYaml)) as YamlResult<ConfigOf<K>>;
+  if (ctx.cache && r.value !== undefined && !r.problems.length) {
+    const locs: Record<string, string> = {};
+    for (const p of eager(r.value)) {
+      const at = r.locate(p);
+      if (at.startsWith(`${relFile}:`)) locs[pathKey(p)] = at.slice(relFile.length + 1);
+    }
+    ctx.cache.put(kind, text, r.value, locs);
+  }
+  return r;
+}
+
+/**
+ * Where the build dir (and so the config cache) is, from demobuild.yaml's text before it is parsed: a
+ * plain `buildDir: PATH` line, else the default. Only a guess of which cache file to open: an entry is
+ * found by the file's exact bytes, so a wrong guess costs a parse, never a wrong value.
+ */
+function buildDirGuess(root: string, text: string | undefined): string {
+  const m = text === undefined ? null : /^buildDir:[ \t]*(?:"([^"\\]+)"|'([^']+)'|([^\s"'#][^#\n]*?))[ \t]*(?:#.*)?$/m.exec(text);
+  return path.resolve(root, m?.[1] ?? m?.[2] ?? m?.[3] ?? "build");
+}
+
+/** demobuild.yaml's text; undefined when there is none, an Error when it cannot be read. */
+function readProjectFile(root: string): string | Error | undefined {
+  try {
+    return fs.readFileSync(path.join(root, PROJECT_FILE), "utf8");
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "ENOENT" ? undefined : (e as Error);
+  }
+}
+
+async function loadSettings(root: string, text: string | Error | undefined, ctx: LoadCtx, problems: Problem[]): Promise<{ settings: ProjectSettings; file?: string }> {
   const settings = defaultSettings(root);
   const file = path.join(root, PROJECT_FILE);
-  let text: string;
-  try {
-    text = fs.readFileSync(file, "utf8");
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return { settings };
-    problems.push({ reason: "unreadable", where: PROJECT_FILE, message: `cannot read: ${(e as Error).message}` });
+  if (text === undefined) return { settings };
+  if (text instanceof Error) {
+    problems.push({ reason: "unreadable", where: PROJECT_FILE, message: `cannot read: ${text.message}` });
     return { settings, file };
   }
-  const [{ parseYamlFile }, { projectYaml }] = await loadYamlTools();
-  const r = parseYamlFile(text, PROJECT_FILE, projectYaml);
+  const r = await parseConfig(ctx, "project", text, PROJECT_FILE, (v) => Object.keys(v.secrets ?? {}).map((name) => ["secrets", name]));
   problems.push(...r.problems);
   const y = r.value;
   if (!y) return { settings, file };
@@ -134,9 +203,9 @@ const TEST_SIDES = ["guest", "host"] as const;
  * there, and any subdirectory, is a helper they may use). Problems: tests that do not say which side
  * they run on, a test/ dir with none, a test: config with nothing to test.
  */
-function findTests(dir: string, rel: string, config: LayerConfig, where: (key: string) => string, problems: Problem[]): Layer["tests"] {
+function findTests(dir: string, rel: string, config: LayerConfig, where: (key: string) => string, problems: Problem[], listed: boolean): Layer["tests"] {
   const testDir = path.join(dir, "test");
-  const st = statOrUndefined(testDir);
+  const st = listed ? statOrUndefined(testDir) : undefined;
   if (!st?.isDirectory()) {
     if (config.test) {
       problems.push({ reason: "test-without-tests", where: where("test"), message: `test: is set but ${rel}/test/ does not exist`, hint: `add executables to ${rel}/test/guest/ (run in a VM of the image) or ${rel}/test/host/ (run on the host), or remove test:` });
@@ -174,19 +243,32 @@ function findTests(dir: string, rel: string, config: LayerConfig, where: (key: s
   return { dir: testDir, guest: found.guest, host: found.host };
 }
 
-async function loadLayer(root: string, name: string, problems: Problem[]): Promise<Layer | undefined> {
+async function loadLayer(root: string, name: string, ctx: LoadCtx, problems: Problem[]): Promise<Layer | undefined> {
   const dir = path.join(root, "layers", name);
   const rel = `layers/${name}`;
   const configFile = path.join(dir, LAYER_FILE);
+  // One listing rather than a failed stat (an error object each) for every file a layer may lack.
+  const names = listDir(dir);
+  const has = (n: string): boolean => names?.has(n) ?? true;
   let config: LayerConfig = {};
   let hasConfig = false;
   let ok = true;
   let locate: ((p: readonly (string | number)[]) => string) | undefined;
-  try {
-    const text = fs.readFileSync(configFile, "utf8");
+  let text: string | undefined;
+  if (has(LAYER_FILE)) {
+    try {
+      text = fs.readFileSync(configFile, "utf8");
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== "ENOENT") {
+        problems.push({ reason: "unreadable", where: `${rel}/${LAYER_FILE}`, message: `cannot read: ${(e as Error).message}` });
+        ok = false;
+      }
+    }
+  }
+  if (text !== undefined) {
     hasConfig = true;
-    const [{ parseYamlFile }, { layerYaml }] = await loadYamlTools();
-    const r = parseYamlFile(text, `${rel}/${LAYER_FILE}`, layerYaml);
+    const r = await parseConfig(ctx, "layer", text, `${rel}/${LAYER_FILE}`, (v) => (v.secrets ?? []).map((_, i) => ["secrets", i]));
     problems.push(...r.problems);
     locate = r.locate;
     if (r.value) {
@@ -194,18 +276,12 @@ async function loadLayer(root: string, name: string, problems: Problem[]): Promi
       config = rest;
       if (disk !== undefined) config.disk = parseDiskSize(disk);
     } else ok = false;
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== "ENOENT") {
-      problems.push({ reason: "unreadable", where: `${rel}/${LAYER_FILE}`, message: `cannot read: ${(e as Error).message}` });
-      ok = false;
-    }
   }
 
-  const installL = lstatOrUndefined(path.join(dir, "install"));
+  const installL = has("install") ? lstatOrUndefined(path.join(dir, "install")) : undefined;
   const installS = installL?.isSymbolicLink() ? statOrUndefined(path.join(dir, "install")) : installL;
-  const convertS = statOrUndefined(path.join(dir, "convert"));
-  const targetS = statOrUndefined(path.join(dir, "target"));
+  const convertS = has("convert") ? statOrUndefined(path.join(dir, "convert")) : undefined;
+  const targetS = has("target") ? statOrUndefined(path.join(dir, "target")) : undefined;
   let installIsAddlayer = false;
   if (installL?.isSymbolicLink()) {
     const link = fs.readlinkSync(path.join(dir, "install"));
@@ -299,18 +375,21 @@ async function loadLayer(root: string, name: string, problems: Problem[]): Promi
   const secretAt: Record<string, string> = {};
   (config.secrets ?? []).forEach((n, i) => (secretAt[n] = locate?.(["secrets", i]) ?? `${rel}/${LAYER_FILE}`));
   secretWhere.set(layer, secretAt);
-  const tests = findTests(dir, rel, config, where, problems);
+  const tests = findTests(dir, rel, config, where, problems, has("test"));
   if (tests) layer.tests = tests;
   if (hasConfig) layer.configFile = configFile;
   return layer;
 }
 
-async function loadLayers(root: string, problems: Problem[]): Promise<Map<string, Layer>> {
+async function loadLayers(root: string, ctx: LoadCtx, problems: Problem[]): Promise<Map<string, Layer>> {
   const layers = new Map<string, Layer>();
   const dir = path.join(root, "layers");
-  let names: string[];
+  let entries: fs.Dirent[];
   try {
-    names = fs.readdirSync(dir).filter((n) => !n.startsWith(".")).sort();
+    entries = fs
+      .readdirSync(dir, { withFileTypes: true })
+      .filter((d) => !d.name.startsWith("."))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== "ENOENT") {
       problems.push({ reason: "unreadable", where: "layers", message: `cannot read: ${(e as Error).message}` });
@@ -318,9 +397,9 @@ async function loadLayers(root: string, problems: Problem[]): Promise<Map<string
     return layers;
   }
   const loaded = await Promise.all(
-    names.map(async (name) => {
-      const st = statOrUndefined(path.join(dir, name));
-      if (!st?.isDirectory()) return undefined;
+    entries.map(async (d) => {
+      const name = d.name;
+      if (!(d.isDirectory() || (!d.isFile() && statOrUndefined(path.join(dir, name))?.isDirectory()))) return undefined;
       if (!LAYER_NAME.test(name)) {
         problems.push({
           reason: "bad-layer-name",
@@ -330,7 +409,7 @@ async function loadLayers(root: string, problems: Problem[]): Promise<Map<string
         });
         return undefined;
       }
-      return loadLayer(root, name, problems);
+      return loadLayer(root, name, ctx, problems);
     }),
   );
   for (const l of loaded) if (l) layers.set(l.name, l);
@@ -387,9 +466,12 @@ const isIgnoredTargetName = (n: string): boolean => n.startsWith(".") || /^READM
 
 function loadTargets(root: string, layers: Map<string, Layer>, problems: Problem[]): Target[] {
   const dir = path.join(root, "targets");
-  let names: string[];
+  let entries: fs.Dirent[];
   try {
-    names = fs.readdirSync(dir).filter((n) => !isIgnoredTargetName(n)).sort();
+    entries = fs
+      .readdirSync(dir, { withFileTypes: true })
+      .filter((d) => !isIgnoredTargetName(d.name))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== "ENOENT") {
       problems.push({ reason: "unreadable", where: "targets", message: `cannot read: ${(e as Error).message}` });
@@ -397,10 +479,11 @@ function loadTargets(root: string, layers: Map<string, Layer>, problems: Problem
     return [];
   }
   const targets: Target[] = [];
-  for (const name of names) {
+  for (const d of entries) {
+    const name = d.name;
     const file = path.join(dir, name);
-    const st = statOrUndefined(file);
-    if (!st?.isFile()) continue;
+    // The listing's type settles regular files and directories; only a symlink (or an unknown type) is stat'ed.
+    if (!(d.isFile() || (!d.isDirectory() && statOrUndefined(file)?.isFile()))) continue;
     const rel = `targets/${name}`;
     const parsed = parseTargetFile(fs.readFileSync(file, "utf8"), rel, problems);
     const stack = parseStack(name, layers, rel);
@@ -415,12 +498,32 @@ function loadTargets(root: string, layers: Map<string, Layer>, problems: Problem
  */
 export async function loadProject(root: string): Promise<Project> {
   const abs = path.resolve(root);
-  const problems: Problem[] = [];
   const st = statOrUndefined(abs);
   if (!st?.isDirectory()) {
     throw new DbuildError({ reason: "no-project", where: abs, message: "not a directory", hint: "run dbuild in a project directory or pass --dir" });
   }
-  const [{ settings, file }, layers] = await Promise.all([loadSettings(abs, problems), loadLayers(abs, problems)]);
+  const ctx: LoadCtx = { cache: undefined, fromCache: false, incomplete: false };
+  try {
+    const project = await load(abs, ctx, true);
+    if (!ctx.incomplete) {
+      ctx.cache?.save();
+      return project;
+    }
+  } catch (e) {
+    if (!(e instanceof DbuildError) || !ctx.fromCache) throw e;
+  }
+  // A problem, or a position the cache did not record, in a load that took configs from the cache: load
+  // again from the files alone, so that every problem is found and placed exactly as without the cache.
+  return load(abs, { cache: undefined, fromCache: false, incomplete: false }, false);
+}
+
+async function load(abs: string, ctx: LoadCtx, useCache: boolean): Promise<Project> {
+  const problems: Problem[] = [];
+  const text = readProjectFile(abs);
+  if (useCache) ctx.cache = ConfigCache.load(buildDirGuess(abs, typeof text === "string" ? text : undefined));
+  const { settings, file } = await loadSettings(abs, text, ctx, problems);
+  if (ctx.cache && ctx.cache.file !== ConfigCache.path(settings.buildDir)) ctx.cache = ConfigCache.load(settings.buildDir);
+  const layers = await loadLayers(abs, ctx, problems);
   const targets = loadTargets(abs, layers, problems);
   checkLayerSecrets(layers, settings, problems);
   if (problems.length) throw new DbuildError(sortProblems(problems));

@@ -87,7 +87,8 @@ export function parseStack(
   }
 
   const elements = stack.split(":");
-  const names = [...layers.keys()];
+  // Only a problem's hint needs the list of names: thousands of valid stacks are parsed per plan.
+  const names = (): string[] => [...layers.keys()];
   elements.forEach((el, i) => {
     const pos = `element ${i + 1} of ${JSON.stringify(stack)}`;
     if (el === "") {
@@ -113,17 +114,17 @@ export function parseStack(
     }
     const layer = layers.get(el);
     if (!layer) {
-      const guess = closest(el, names);
+      const guess = closest(el, names());
       add(
         "unknown-layer",
         `${pos}: there is no layer ${JSON.stringify(el)} in layers/`,
-        guess ? `did you mean ${guess}?` : `create layers/${el}/ or fix the name (known layers: ${names.sort().join(", ") || "none"})`,
+        guess ? `did you mean ${guess}?` : `create layers/${el}/ or fix the name (known layers: ${names().sort().join(", ") || "none"})`,
       );
       return;
     }
     const last = i === elements.length - 1;
     if (i === 0 && layer.kind !== "base") {
-      const bases = names.filter((n) => layers.get(n)?.kind === "base").sort();
+      const bases = names().filter((n) => layers.get(n)?.kind === "base").sort();
       add(
         "stack-no-base",
         `a stack must start with a base layer, but ${JSON.stringify(el)} is ${layer.kind}`,

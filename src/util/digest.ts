@@ -2,8 +2,8 @@
  * The one sha256 of a file. Hex digest; callers that speak OCI or the store's records write it as
  * `sha256:HEX`, the fingerprint keeps the bare hex (a FileDigest).
  */
-import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { createHash, hash } from "node:crypto";
+import { closeSync, createReadStream, openSync, readSync } from "node:fs";
 import * as fs from "node:fs/promises";
 import { addAbortSignal } from "node:stream";
 
@@ -23,7 +23,36 @@ export async function sha256File(file: string, opts: { size?: number; signal?: A
   return h.digest("hex");
 }
 
-/** sha256 of bytes in memory, as hex. */
+/** sha256 of bytes in memory, as hex (one-shot: no Hash object per call). */
 export function sha256Hex(data: string | Uint8Array): string {
-  return createHash("sha256").update(data).digest("hex");
+  return hash("sha256", data, "hex");
+}
+
+/** The buffer sha256FileSync reads into, grown as needed and reused (a cold plan reads thousands of files). */
+let scratch = Buffer.allocUnsafe(64 * 1024);
+
+/**
+ * sha256 of a (small) file's bytes, read synchronously to its end into a reused buffer: no stat, no new
+ * buffer and no Hash object per file. `size` (from the caller's stat) sizes the buffer; a file that has
+ * grown since is still read to its end.
+ */
+export function sha256FileSync(file: string, size = 0): string {
+  const fd = openSync(file, "r");
+  try {
+    if (scratch.length <= size) scratch = Buffer.allocUnsafe(Math.max(size + 1, scratch.length * 2));
+    let n = 0;
+    for (;;) {
+      if (n === scratch.length) {
+        const bigger = Buffer.allocUnsafe(scratch.length * 2);
+        scratch.copy(bigger, 0, 0, n);
+        scratch = bigger;
+      }
+      const r = readSync(fd, scratch, n, scratch.length - n, null);
+      if (r === 0) break;
+      n += r;
+    }
+    return hash("sha256", scratch.subarray(0, n), "hex");
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -7,6 +7,19 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type { NodeKey, Plan, PlanNode } from "../../src/model/plan.js";
 import type { NodeRecord, StoreView } from "../../src/model/store.js";
+import { DbuildError } from "../../src/util/errors.js";
+import type { Problem } from "../../src/util/errors.js";
+
+/** The problems `fn` throws as a DbuildError (it must throw one). */
+export async function problemsOf(fn: () => Promise<unknown>): Promise<Problem[]> {
+  try {
+    await fn();
+  } catch (e) {
+    if (e instanceof DbuildError) return [...e.problems];
+    throw e;
+  }
+  throw new Error("expected a DbuildError");
+}
 
 /** A file's content, a file with a mode, a symlink, or an (empty) directory. */
 export type Entry = string | { content: string; mode?: number } | { symlink: string } | { dir: true };

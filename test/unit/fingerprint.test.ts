@@ -2,7 +2,8 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { loadProject } from "../../src/project/load.js";
-import { canonicalJson, nodeKey } from "../../src/plan/fingerprint.js";
+import { canonicalJson, layerKeyer, nodeKey, nodeKeyFrom, nodeScalars } from "../../src/plan/fingerprint.js";
+import type { NodeKey } from "../../src/model/plan.js";
 import { makePlan } from "../../src/plan/planner.js";
 import { StatCache } from "../../src/plan/statcache.js";
 import type { Plan } from "../../src/model/plan.js";
@@ -45,6 +46,33 @@ describe("fingerprints", () => {
     expect(await keys()).toEqual(k);
     expect(canonicalJson({ b: "1", a: "2" })).toBe('{"a":"2","b":"1"}');
     expect(nodeKey({ b: "1", a: "2" })).toBe(nodeKey({ a: "2", b: "1" }));
+  });
+
+  it("canonical JSON is JSON.stringify of the sorted object, escapes and index-like keys included", () => {
+    const sorted = (m: Record<string, string>): string => JSON.stringify(Object.fromEntries(Object.keys(m).sort().map((k) => [k, m[k]])));
+    const manifests: Record<string, string>[] = [{}, { "file:a\"b": "x\ny", "dir:\u0001": "dir", "link:é": "../ü" }, { "10": "a", "9": "b", z: "c", "": "d" }, { "setting:NAME": 'q"u' }, { a: undefined as unknown as string, b: "1" }];
+    for (const m of manifests) {
+      expect(canonicalJson(m)).toBe(sorted(m));
+    }
+  });
+
+  it("a layer's keyer gives every node the key nodeKeyFrom gives it, byte for byte", () => {
+    const files = "f".repeat(64);
+    const parents: (NodeKey | null)[] = [null, "a".repeat(64) as NodeKey];
+    const settingsList: Record<string, string>[] = [{}, { MEM: "2048", CPUS: "2", NAME: "micro:web:openstack" }, { ZED: 'a "quoted" \\ value', A_1: "" }];
+    for (const kind of ["base", "intermediate", "finalizing"] as const) {
+      for (const epoch of [undefined, "2", 'e"p']) {
+        const keyer = layerKeyer({ kind, layer: "web", ...(epoch !== undefined ? { epoch } : {}) }, files);
+        for (const parentKey of parents) {
+          for (const settings of settingsList) {
+            for (const project of [undefined, { X: "1" }]) {
+              const scalars = nodeScalars({ kind, layer: "web", parentKey, settings, ...(epoch !== undefined ? { epoch } : {}), ...(project ? { project } : {}) });
+              expect(keyer(parentKey, settings, project)).toBe(nodeKeyFrom(scalars, files));
+            }
+          }
+        }
+      }
+    }
   });
 
   it("ignore editors' swap, backup and lock files (rsync does not copy them either)", async () => {

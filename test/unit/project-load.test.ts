@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { loadProject, parseTargetFile } from "../../src/project/load.js";
 import { DbuildError } from "../../src/util/errors.js";
 import type { Problem } from "../../src/util/errors.js";
-import { addlayer, demoProject, exe, writeFixture } from "../helpers/fixture.js";
+import { addlayer, demoProject, exe, problemsOf, writeFixture } from "../helpers/fixture.js";
 import type { Description, Fixture } from "../helpers/fixture.js";
 
 let fx: Fixture | undefined;
@@ -18,15 +18,7 @@ async function load(desc: Description) {
   return loadProject(fx.root);
 }
 
-async function loadProblems(desc: Description): Promise<Problem[]> {
-  try {
-    await load(desc);
-  } catch (e) {
-    if (e instanceof DbuildError) return [...e.problems];
-    throw e;
-  }
-  throw new Error("expected loadProject to fail");
-}
+const loadProblems = (desc: Description): Promise<Problem[]> => problemsOf(() => load(desc));
 
 describe("loadProject", () => {
   it("works on defaults without demobuild.yaml and finds every layer kind", async () => {

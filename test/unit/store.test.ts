@@ -11,7 +11,7 @@ import type { NodeKey } from "../../src/model/plan.js";
 import { collectGarbage } from "../../src/store/gc.js";
 import { qcow2Backing } from "../../src/store/qcow2.js";
 import { registeredSnapshots, registerSnapshot } from "../../src/store/snapshots.js";
-import { Store } from "../../src/store/store.js";
+import { readRecord, recordJson, Store } from "../../src/store/store.js";
 import type { NodeRecord } from "../../src/model/store.js";
 
 let root: string;
@@ -44,6 +44,59 @@ afterEach(async () => {
 });
 
 describe("store", () => {
+  it("a plan reads it from listings taken when the plan starts, plus what this process writes meanwhile", async () => {
+    const a = await publish("micro", k("a"), null);
+    const other = new Store(store.buildDir);
+    await other.planning(async () => {
+      expect(await other.viewShows("micro", k("a"))).toBe(true);
+      expect(await other.record(k("b"))).toBeUndefined();
+      expect(await other.currentRecord("micro:web")).toBeUndefined();
+      // Another process publishes micro:web now: this plan goes on seeing the store as it started.
+      const b = await publish("micro:web", k("b"), a);
+      expect(await other.viewShows("micro:web", k("b"))).toBe(false);
+      // What this process writes during the plan is seen.
+      const tmp = other.tmpPath("micro:db") + ".qcow2";
+      img(tmp, path.relative(path.dirname(tmp), other.objectPath(a.object)));
+      const object = await other.publishImage(tmp, k("c"), a.object);
+      await other.commit({ key: k("c"), stack: "micro:db", layer: "db", parentKey: a.key, inputs: {}, object, duration: 1, builtAt: new Date().toISOString() });
+      expect(await other.viewShows("micro:db", k("c"))).toBe(true);
+      expect(b.object).toBe(`${k("b")}.qcow2`);
+    });
+    // Outside a plan every question goes to the file system again.
+    expect(await other.viewShows("micro:web", k("b"))).toBe(true);
+  });
+
+  it("records are written inputs last and read head first, inputs when asked for; older layouts whole", async () => {
+    const inputs = Object.fromEntries(Array.from({ length: 400 }, (_, i) => [`file:target/f${i}`, "a".repeat(64)]));
+    const rec: NodeRecord = { key: k("a"), stack: "micro", layer: "micro", parentKey: null, inputs: { ...inputs, "setting:NAME": 'x\n  "inputs": {}' }, object: `${k("a")}.qcow2`, duration: 1, builtAt: "2026-01-01T00:00:00.000Z", held: 'tests failed:\n  "inputs": ' };
+    const file = path.join(root, "rec.json");
+    await fs.writeFile(file, recordJson(rec));
+    expect(Object.keys(JSON.parse(await fs.readFile(file, "utf8")) as object).at(-1)).toBe("inputs");
+    const head = readRecord(file);
+    expect(head.object).toBe(rec.object);
+    expect(head.held).toBe(rec.held);
+    // Rewritten meanwhile (a digest added): a key's inputs are the same in every version of its record.
+    await fs.writeFile(file, recordJson({ ...rec, digest: "sha256:x" }));
+    expect(head.inputs).toEqual(rec.inputs);
+    expect(JSON.parse(recordJson(head)) as unknown).toEqual(JSON.parse(recordJson(rec)) as unknown);
+    // The layout of earlier versions (inputs before object), long or short, and compact JSON: read whole.
+    for (const text of [JSON.stringify(rec, null, 2), JSON.stringify({ ...rec, inputs: { a: "b" } }, null, 2), JSON.stringify(rec)]) {
+      await fs.writeFile(file, text);
+      expect(readRecord(file)).toEqual(JSON.parse(text) as unknown);
+    }
+  });
+
+  it("a never-built store answers a plan from empty listings", async () => {
+    const fresh = new Store(path.join(root, "never-built"));
+    await fresh.planning(async () => {
+      expect(await fresh.viewShows("micro", k("a"))).toBe(false);
+      expect(await fresh.record(k("a"))).toBeUndefined();
+      expect(await fresh.currentRecord("micro")).toBeUndefined();
+      expect(await fresh.lastDuration("micro")).toBeUndefined();
+      expect(await fresh.testsPassed(k("a"), "d".repeat(64))).toBe(false);
+    });
+  });
+
   it("publishes read-only objects with relative backing files and a view per stack", async () => {
     const a = await publish("micro", k("a"), null);
     const b = await publish("micro:web", k("b"), a);
@@ -180,5 +233,49 @@ describe("durable, verified publish", () => {
     await fs.truncate(store.objectPath(b.object), 1024);
     expect(await new Store(copy).record(k("b"))).toBeDefined();
     expect(await new Store(store.buildDir).objectOk(b.object)).toBe(false);
+  });
+
+  it("a plan checks the same sums, through its listings, up the whole backing chain", async () => {
+    const a = await publish("micro", k("a"), null);
+    await publish("micro:web", k("b"), a);
+    const c = await publish("micro:web:app", k("c"), (await store.record(k("b")))!);
+    // A child whose header names its parent by an absolute path (not the store's own relative form).
+    const tmp = store.tmpPath("micro:abs") + ".qcow2";
+    img(tmp, store.objectPath(a.object));
+    const absObject = await store.publishFile(tmp, k("d"), "qcow2");
+    await store.commit({ key: k("d"), stack: "micro:abs", layer: "abs", parentKey: a.key, inputs: {}, object: absObject, duration: 1, builtAt: new Date().toISOString() });
+    const planned = async (dir: string, fn: (s: Store) => Promise<void>): Promise<void> => {
+      const s = new Store(dir);
+      await s.planning(() => fn(s));
+    };
+    await planned(store.buildDir, async (s) => {
+      expect((await s.record(k("c")))?.object).toBe(c.object);
+      expect(await s.viewShows("micro:abs", k("d"))).toBe(true);
+    });
+    // A copy changes every ctime: each object is hashed again (once), and all still match.
+    const copy = path.join(root, "copy");
+    execFileSync("cp", ["-a", store.buildDir, copy]);
+    await planned(copy, async (s) => {
+      expect(await s.viewShows("micro:web:app", k("c"))).toBe(true);
+      expect((await s.currentRecord("micro:abs"))?.key).toBe(k("d"));
+    });
+    // An object published before sums existed is trusted as it is.
+    await fs.rm(path.join(copy, ".dbuild", "sums", `${a.object}.json`));
+    await fs.chmod(path.join(copy, ".dbuild", "objects", a.object), 0o644);
+    await fs.appendFile(path.join(copy, ".dbuild", "objects", a.object), "x");
+    await planned(copy, async (s) => {
+      expect(await s.viewShows("micro:web:app", k("c"))).toBe(true);
+    });
+    // The base grows by a byte: nothing built over it is trusted, whatever form its backing name takes.
+    await fs.chmod(store.objectPath(a.object), 0o644);
+    await fs.appendFile(store.objectPath(a.object), "x");
+    await planned(store.buildDir, async (s) => {
+      expect(await s.viewShows("micro:web:app", k("c"))).toBe(false);
+      expect(await s.record(k("b"))).toBeUndefined();
+      expect(await s.viewShows("micro:abs", k("d"))).toBe(false);
+      // `why` and the stale reasons find no trusted record for the stack either.
+      expect(await s.currentRecord("micro:web:app")).toBeUndefined();
+      expect(await s.testsPassed(k("c"), "d".repeat(64))).toBe(false);
+    });
   });
 });

@@ -2,16 +2,12 @@
  * `dbuild all`, `dbuild build STACK...`, `dbuild STACK...`: wire project -> plan -> executor -> reporters.
  */
 import type { Command } from "commander";
-import { cacheHooks } from "../../exec/cache-hooks.js";
-import { build, type BuildOptions } from "../../exec/executor.js";
+import type { BuildOptions } from "../../exec/executor.js";
 import { makePlan, untestedWarning } from "../../plan/planner.js";
 import { loadProject } from "../../project/load.js";
 import type { Project } from "../../project/types.js";
 import type { BuildEvent, Reporter } from "../../report/events.js";
 import { MultiReporter } from "../../report/events.js";
-import { JunitReporter } from "../../report/junit.js";
-import { writeChromeTrace } from "../../report/trace.js";
-import { ReportWriter } from "../../report/writer.js";
 import { Store } from "../../store/store.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { DbuildError } from "../../util/errors.js";
@@ -101,6 +97,14 @@ export async function runBuild(root: string, stacks: "all" | string[], o: BuildC
     );
   }
   const project = await loadProject(root);
+  // The build's machinery is loaded when a build runs: every other command (and --help) starts without it.
+  const [{ build }, { cacheHooks }, { JunitReporter }, { writeChromeTrace }, { ReportWriter }] = await Promise.all([
+    import("../../exec/executor.js"),
+    import("../../exec/cache-hooks.js"),
+    import("../../report/junit.js"),
+    import("../../report/trace.js"),
+    import("../../report/writer.js"),
+  ]);
   const f = o.force ? forcedStacks(project, stacks) : undefined;
   const jobs = parseJobs(o.jobs, project);
   const shard = o.shard !== undefined ? parseShard(o.shard) : undefined;

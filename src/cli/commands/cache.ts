@@ -4,7 +4,6 @@
  */
 import type { Command } from "commander";
 import pc from "picocolors";
-import { isUnreachable, RemoteCache } from "../../cache/sync.js";
 import { makePlan } from "../../plan/planner.js";
 import { loadProject } from "../../project/load.js";
 import type { Project } from "../../project/types.js";
@@ -38,6 +37,7 @@ function cacheUrlFor(o: CacheCliOptions, project: Project, which: "from" | "to",
 export async function runPush(root: string, stacks: "all" | string[], o: CacheCliOptions, out: (s: string) => void): Promise<number> {
   const project = await loadProject(root);
   const url = cacheUrlFor(o, project, "to", "push");
+  const { isUnreachable, RemoteCache } = await import("../../cache/sync.js");
   const store = new Store(project.settings.buildDir);
   const cache = new RemoteCache(url, store);
   const plan = await makePlan(project, stacks, store);
@@ -103,6 +103,7 @@ export async function runPush(root: string, stacks: "all" | string[], o: CacheCl
 export async function runPull(root: string, stacks: "all" | string[], o: CacheCliOptions, out: (s: string) => void): Promise<number> {
   const project = await loadProject(root);
   const url = cacheUrlFor(o, project, "from", "pull");
+  const { isUnreachable, RemoteCache } = await import("../../cache/sync.js");
   const store = new Store(project.settings.buildDir);
   const release = await lockBuildDir(store, { wait: o.wait ?? true });
   const intr = interruptController();

@@ -2,7 +2,6 @@
 import type { Command } from "commander";
 import { makePlan } from "../../plan/planner.js";
 import { loadProject } from "../../project/load.js";
-import { collectGarbage } from "../../store/gc.js";
 import { Store } from "../../store/store.js";
 import { lockBuildDir, NO_WAIT_FLAG, NO_WAIT_HELP, projectRoot } from "../shared.js";
 import { mib } from "../../util/units.js";
@@ -20,6 +19,7 @@ export function registerGcCommand(program: Command): void {
       const release = await lockBuildDir(store, { wait: o.wait ?? true });
       try {
         const plan = await makePlan(project, "all", store);
+        const { collectGarbage } = await import("../../store/gc.js");
         const res = await collectGarbage(store, project.root, plan.nodes.map((n) => n.key), { dryRun: o.dryRun ?? false });
         for (const r of res.removed) process.stdout.write(`${o.dryRun ? "would remove" : "removed"} ${r.file} (${mib(r.bytes)})\n`);
         process.stdout.write(`${o.dryRun ? "would free" : "freed"} ${mib(res.freedBytes)} in ${res.removed.length} file(s); kept ${res.kept}\n`);

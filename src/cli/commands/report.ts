@@ -6,10 +6,6 @@ import * as path from "node:path";
 import type { Command } from "commander";
 import { makePlan } from "../../plan/planner.js";
 import { loadProject } from "../../project/load.js";
-import { lastBuildPath, loadTrace } from "../../report/build-trace.js";
-import { collectReport } from "../../report/collect.js";
-import { writeChromeTrace } from "../../report/trace.js";
-import { reportPath, writeReportFile } from "../../report/writer.js";
 import { Store } from "../../store/store.js";
 import { DbuildError } from "../../util/errors.js";
 import { buildDirLocked } from "../../store/lock.js";
@@ -23,6 +19,12 @@ export interface ReportCliOptions {
 
 export async function runReport(root: string, stacks: "all" | string[], o: ReportCliOptions): Promise<number> {
   const project = await loadProject(root);
+  const [{ lastBuildPath, loadTrace }, { collectReport }, { writeChromeTrace }, { reportPath, writeReportFile }] = await Promise.all([
+    import("../../report/build-trace.js"),
+    import("../../report/collect.js"),
+    import("../../report/trace.js"),
+    import("../../report/writer.js"),
+  ]);
   const store = new Store(project.settings.buildDir);
   const file = path.resolve(o.output ?? reportPath(store.buildDir));
   const trace = loadTrace(lastBuildPath(store.internalDir));

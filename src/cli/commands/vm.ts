@@ -11,18 +11,15 @@ import { loadProject } from "../../project/load.js";
 import type { Project } from "../../project/types.js";
 import { registerSnapshot } from "../../store/snapshots.js";
 import { DbuildError } from "../../util/errors.js";
-import { createChild } from "../../vm/image.js";
-import { ensureProjectKey } from "../../vm/keys.js";
-import { startVm } from "../../vm/qemu.js";
-import { startThrowawayVm, type ThrowawayVm } from "../../exec/throwaway.js";
-import { Store } from "../../store/store.js";
-import { installVmCleanupHandlers } from "../../vm/registry.js";
-import { sshArgs } from "../../vm/rsync.js";
+import type { ThrowawayVm } from "../../exec/throwaway.js";
 import { pathExists, realPathOr } from "../../util/fs.js";
-import { projectVmOptions } from "../../vm/options.js";
-import { statePath, writeRunState, type RunState } from "../../vm/run-state.js";
+import type { RunState } from "../../vm/run-state.js";
 import { projectRoot } from "../shared.js";
-import { loginForImage, SEED_INSTANCE_ID } from "../../exec/login.js";
+
+// What runs VMs (QEMU, keys, ssh2, the store) is loaded when a command here runs, not for every dbuild
+// command: `dbuild plan` and `--help` never need it.
+const vmModules = (): Promise<[typeof import("../../vm/keys.js"), typeof import("../../vm/run-state.js"), typeof import("../../vm/rsync.js")]> =>
+  Promise.all([import("../../vm/keys.js"), import("../../vm/run-state.js"), import("../../vm/rsync.js")]);
 
 function rootOf(cmd: Command): string {
   return path.resolve(projectRoot(cmd));
@@ -84,6 +81,7 @@ export async function snap(project: Project, image: string, name: string, opts: 
     throw new DbuildError({ reason: "exists", where: name, message: "file exists", hint: "remove it or pass --force" });
   }
   if (opts.force) await fs.rm(dst, { force: true });
+  const [{ createChild }, { Store }] = await Promise.all([import("../../vm/image.js"), import("../../store/store.js")]);
   // Registered first: gc must never remove the object this snapshot is about to be backed by.
   await registerSnapshot(new Store(project.settings.buildDir), dst);
   await createChild(backing, dst);
@@ -129,7 +127,8 @@ function runOpenSsh(args: string[]): Promise<number> {
   });
 }
 
-function sshCommandArgs(o: { keyPath: string; port: number; user: string; host: string; command: string[]; tty: boolean }): string[] {
+async function sshCommandArgs(o: { keyPath: string; port: number; user: string; host: string; command: string[]; tty: boolean }): Promise<string[]> {
+  const [, , { sshArgs }] = await vmModules();
   return [...sshArgs({ keyPath: o.keyPath, port: o.port }), ...(o.tty ? ["-t"] : []), `${o.user}@${o.host}`, ...(o.command.length ? ["--", ...o.command] : [])];
 }
 
@@ -157,6 +156,13 @@ export function registerVmCommands(program: Command): void {
     .action(async (name: string, o: { vnc?: boolean; mem?: number; cpus?: number }, cmd: Command) => {
       const root = rootOf(cmd);
       const project = await loadProject(root);
+      const [[{ ensureProjectKey }, { statePath, writeRunState }], { startVm }, { projectVmOptions }, { loginForImage, SEED_INSTANCE_ID }, { Store }] = await Promise.all([
+        vmModules(),
+        import("../../vm/qemu.js"),
+        import("../../vm/options.js"),
+        import("../../exec/login.js"),
+        import("../../store/store.js"),
+      ]);
       const image = path.resolve(name);
       if (!(await pathExists(image))) throw new DbuildError({ reason: "no-image", where: name, message: "no such file", hint: "create one with `dbuild snap STACK NAME`" });
       refuseBuildDirImage(project, image);
@@ -209,6 +215,7 @@ export function registerVmCommands(program: Command): void {
     .passThroughOptions()
     .action(async (target: string, command: string[], _o: unknown, cmd: Command) => {
       const root = rootOf(cmd);
+      const [{ ensureProjectKey }, { statePath }] = await vmModules();
       let host: string;
       let port: number;
       let user = "root";
@@ -238,7 +245,7 @@ export function registerVmCommands(program: Command): void {
       // `dbuild ssh NAME -- CMD`: the separator is ours, not part of the remote command.
       if (command[0] === "--") command = command.slice(1);
       const tty = command.length === 0;
-      process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath, port, user, host, command, tty }));
+      process.exitCode = await runOpenSsh(await sshCommandArgs({ keyPath, port, user, host, command, tty }));
     });
 
   program
@@ -252,6 +259,13 @@ export function registerVmCommands(program: Command): void {
       const project = await loadProject(root);
       const s = project.settings;
       const backing = await resolveStackImage(project, stack);
+      const [[{ ensureProjectKey }], { installVmCleanupHandlers }, { startThrowawayVm }, { Store }, { loginForImage }] = await Promise.all([
+        vmModules(),
+        import("../../vm/registry.js"),
+        import("../../exec/throwaway.js"),
+        import("../../store/store.js"),
+        import("../../exec/login.js"),
+      ]);
       const { key } = await ensureProjectKey(root);
       installVmCleanupHandlers();
       let t: ThrowawayVm | undefined;
@@ -275,7 +289,7 @@ export function registerVmCommands(program: Command): void {
         });
         if (t.resumed) process.stderr.write("resumed from the image's warm snapshot\n");
         process.off("SIGINT", onSig);
-        process.exitCode = await runOpenSsh(sshCommandArgs({ keyPath: key, port: t.vm.sshPort, user: t.vm.user, host: t.vm.sshHost, command: [], tty: true }));
+        process.exitCode = await runOpenSsh(await sshCommandArgs({ keyPath: key, port: t.vm.sshPort, user: t.vm.user, host: t.vm.sshHost, command: [], tty: true }));
       } catch (e) {
         if (!ac.signal.aborted) throw e;
         process.stderr.write("interrupted\n");

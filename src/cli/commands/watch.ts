@@ -15,11 +15,8 @@ import { Store } from "../../store/store.js";
 import { DbuildError, formatProblem } from "../../util/errors.js";
 import { installVmCleanupHandlers } from "../../vm/registry.js";
 import { isWatchEvent, type WatchEvent } from "../../watch/events.js";
-import { WatchSession } from "../../watch/session.js";
-import { resolveWatchPaths } from "../../watch/watcher.js";
 import { writeRunState } from "../../vm/run-state.js";
 import { interruptController, lockBuildDir, NO_WAIT_FLAG, NO_WAIT_HELP, parseJobs, prepareBuildDir, projectRoot, warnReport } from "../shared.js";
-import { ReportWriter } from "../../report/writer.js";
 
 export interface WatchCliOptions {
   /** --stack (repeatable): build these stacks instead of the targets containing the layer. */
@@ -169,6 +166,12 @@ export async function runWatch(root: string, paths: string[], o: WatchCliOptions
   if (!["tty", "plain", "json"].includes(mode)) {
     throw new DbuildError({ reason: "bad-option", where: "--progress", message: `unknown mode "${mode}"`, hint: "use tty, plain or json" });
   }
+  // The watch loop (chokidar, the executor) is loaded when a session starts, not for every dbuild command.
+  const [{ WatchSession }, { resolveWatchPaths }, { ReportWriter }] = await Promise.all([
+    import("../../watch/session.js"),
+    import("../../watch/watcher.js"),
+    import("../../report/writer.js"),
+  ]);
   const specs = await resolveWatchPaths(absRoot, paths);
   const write: Write = (s) => {
     process.stdout.write(s);
