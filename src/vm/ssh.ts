@@ -222,7 +222,8 @@ export class SshSession {
         stream.on("close", () => settle(() => resolve({ code, signal: sig })));
         });
       };
-      if (this.closing.size) void Promise.all(this.closing).then(start);
+      // Deferred: a throw from client.exec (connection gone) must still reject this exec, not escape.
+      if (this.closing.size) void Promise.all(this.closing).then(start).catch((e: unknown) => settle(() => reject(e instanceof Error ? e : new Error(String(e)))));
       else start();
     });
   }
