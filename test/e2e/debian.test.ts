@@ -11,16 +11,18 @@
  * Needs root (mmdebstrap) and deb.debian.org; part of the suite when run as root (as CI does).
  * DBUILD_TEST_DEBIAN=0 leaves it out (e.g. offline).
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SshSession } from "../../src/vm/ssh.js";
 import { startVm, type QemuVm } from "../../src/vm/qemu.js";
-import { dbuild, repoRoot } from "../helpers/cli.js";
+import { dbuild, dbuildBin, repoRoot } from "../helpers/cli.js";
 import { baseProjectDir, ensureDebianBase, ensureGenericCloud, userCacheHome } from "../helpers/debian.js";
 import { sha256File } from "../../src/util/digest.js";
+import { startRegistry } from "../helpers/registry.js";
+import { WatchProc } from "../helpers/watch.js";
 
 const isRoot = process.getuid?.() === 0;
 // About 10 minutes on a quiet 2-core machine with nothing cached (two mmdebstrap runs, six Debian boots).
@@ -160,6 +162,43 @@ describe.skipIf(!isRoot || !wanted)("Debian bookworm", () => {
       expect(finalLog).toContain("openstack: reset cloud-init");
       expect(finalLog).toMatch(/openstack: removed the build key from \/home\/debian\/\.ssh\/authorized_keys/);
 
+      // `dbuild shell` on a Debian stack: resumed from the warm snapshot that the finalizers' boot of
+      // cloud:web saved, entered as the image's login user (commands on stdin: no terminal here).
+      const sh = spawnSync(process.execPath, [dbuildBin, "shell", "cloud:web"], {
+        cwd: root,
+        input: "echo login=$(id -un); cat /var/www/html/index.html; exit\n",
+        encoding: "utf8",
+        timeout: 600_000,
+      });
+      expect(sh.status, sh.stderr).toBe(0);
+      expect(sh.stderr).toContain("resumed from the image's warm snapshot");
+      expect(sh.stdout).toContain("login=debian");
+      expect(sh.stdout).toContain("dbuild web on cloud:web");
+
+      // The OCI cache on a Debian stack: push to a real registry, pull into a copy of the project with
+      // no build dir: both nodes fresh, nothing built.
+      const reg = await startRegistry();
+      try {
+        const push = await dbuild(["push", "cloud:web", "--cache", reg.url], { cwd: root });
+        expect(push.code, push.stderr).toBe(0);
+        const copy = path.join(tmp, "cloud-copy");
+        const buildDir = path.join(root, "build");
+        await fs.cp(root, copy, { recursive: true, verbatimSymlinks: true, filter: (src) => src !== buildDir });
+        const pl = await dbuild(["pull", "cloud:web", "--cache", reg.url], { cwd: copy });
+        expect(pl.code, pl.stderr).toBe(0);
+        expect(pl.stdout).toMatch(/pulled 2 /);
+        const plan = await dbuild(["plan", "--json", "cloud:web"], { cwd: copy });
+        expect(plan.code, plan.stderr).toBe(0);
+        const nodes = (JSON.parse(plan.stdout) as { nodes: Array<{ stack: string; status: string }> }).nodes;
+        expect(nodes.map((n) => [n.stack, n.status])).toEqual([
+          ["cloud", "fresh"],
+          ["cloud:web", "fresh"],
+        ]);
+        await fs.rm(copy, { recursive: true, force: true });
+      } finally {
+        await reg.stop();
+      }
+
       // The package cache: every byte apt fetched went through it, and a rebuild after a comment-only change
       // fetches (almost) nothing from outside: packages from the cache, index files revalidated.
       // (The first build may itself be served from the cache: the test's user cache outlives a run.)
@@ -174,12 +213,24 @@ describe.skipIf(!isRoot || !wanted)("Debian bookworm", () => {
       const why = await dbuild(["why", "cloud:web:openstack"], { cwd: root });
       expect(why.code, why.stderr).toBe(0);
       expect(why.stdout).toMatch(/web/);
+      // The rebuild runs under `dbuild watch` (its first cycle builds what is stale), as a user iterating
+      // on the layer would; the build VM resumes from the warm snapshot of the imported base.
       const t1 = Date.now();
-      const b2 = await dbuild(["build", "cloud:web", "--progress", "json"], { cwd: root, env: { DBUILD_CACHE_HOME: userCacheHome() } });
-      expect(b2.code, b2.stderr).toBe(0);
-      const second = nodeDone(b2, "cloud:web")?.proxy;
+      const w = new WatchProc(["layers/web", "--stack", "cloud:web"], { cwd: root, env: { DBUILD_CACHE_HOME: userCacheHome() } });
+      let second: Counters | undefined;
+      try {
+        const end = await w.cycleEnd(0, 1_800_000);
+        expect(w.events[end - 1], JSON.stringify(w.events).slice(-3000)).toMatchObject({ type: "watch-cycle-done", outcome: "done", built: ["cloud:web"] });
+        expect(w.events.find((e) => e.type === "step" && e.step === "boot" && e.stack === "cloud:web" && e.detail)).toMatchObject({ detail: "resumed" });
+        second = (w.events.find((e) => e.type === "node-done" && e.stack === "cloud:web") as { proxy?: Counters } | undefined)?.proxy;
+        w.child.kill("SIGINT");
+        expect((await w.done).code).toBe(130);
+      } finally {
+        if (w.child.exitCode === null) w.child.kill("SIGKILL");
+        await w.done;
+      }
       console.log(
-        `cloud:web second build (comment-only change): ${((Date.now() - t1) / 1000).toFixed(0)} s; from outside ${second?.bytesFromUpstream} B of ${served(second)} B served (first build: ${first?.bytesFromUpstream} B of ${served(first)} B)`,
+        `cloud:web second build (comment-only change, under watch): ${((Date.now() - t1) / 1000).toFixed(0)} s; from outside ${second?.bytesFromUpstream} B of ${served(second)} B served (first build: ${first?.bytesFromUpstream} B of ${served(first)} B)`,
       );
       expect(second?.requests ?? 0).toBeGreaterThan(0);
       // Not one package byte from outside; index files are revalidated (304, no body) unless the archive

@@ -3,69 +3,17 @@
  * inputs change under it, nothing for a touch or an edit elsewhere, a clean Ctrl-C, and --shell.
  * One watch process serves the first tests (as a user's session would), to keep VM boots few.
  */
-import type { ChildProcess } from "node:child_process";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { reportData } from "../helpers/browser.js";
-import { dbuild, startDbuild, type CliResult } from "../helpers/cli.js";
+import { dbuild } from "../helpers/cli.js";
+import { WatchProc } from "../helpers/watch.js";
 import { makeVmProject, type VmProject } from "../helpers/vmproject.js";
 import { killQemuOf, qemuOf } from "../helpers/processes.js";
 
-type Ev = CliResult["events"][number];
-
 let p: VmProject;
 
-
-/** A running `dbuild watch --progress json`, with its events parsed as they arrive. */
-class WatchProc {
-  readonly events: Ev[] = [];
-  readonly child: ChildProcess;
-  readonly done: Promise<CliResult>;
-  private buf = "";
-  private waiters: Array<() => void> = [];
-
-  constructor(args: string[]) {
-    const s = startDbuild(["watch", "--progress", "json", "--debounce", "150", ...args], { cwd: p.root });
-    this.child = s.child;
-    this.done = s.done;
-    this.child.stdout!.on("data", (d: Buffer) => {
-      this.buf += d.toString();
-      const lines = this.buf.split("\n");
-      this.buf = lines.pop() ?? "";
-      for (const l of lines) if (l.startsWith("{")) this.events.push(JSON.parse(l) as Ev);
-      for (const w of this.waiters.splice(0)) w();
-    });
-  }
-
-  /** Wait for an event matching `pred` at index >= from; returns its index. */
-  async waitFor(pred: (e: Ev) => boolean, from: number, timeoutMs: number, what: string): Promise<number> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.events.findIndex((e, k) => k >= from && pred(e));
-      if (i >= 0) return i;
-      if (Date.now() > deadline || this.child.exitCode !== null) {
-        throw new Error(`no ${what} within ${timeoutMs} ms; events: ${JSON.stringify(this.events.slice(from)).slice(-3000)}`);
-      }
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, 200);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          r();
-        });
-      });
-    }
-  }
-
-  since(from: number, type: string): Ev[] {
-    return this.events.slice(from).filter((e) => e.type === type);
-  }
-
-  /** Index after the next completed cycle (watch-cycle-done or watch-unchanged) from `from`. */
-  async cycleEnd(from: number, timeoutMs = 90_000): Promise<number> {
-    return (await this.waitFor((e) => e.type === "watch-cycle-done" || e.type === "watch-unchanged", from, timeoutMs, "end of cycle")) + 1;
-  }
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -91,7 +39,7 @@ describe("dbuild watch layers/b", () => {
   let at = 0;
 
   beforeAll(async () => {
-    w = new WatchProc(["layers/b"]);
+    w = new WatchProc(["layers/b"], { cwd: p.root });
     // Initial cycle: everything is fresh, nothing to build.
     await w.waitFor((e) => e.type === "watch-start", 0, 30_000, "watch-start");
     at = await w.cycleEnd(0);
@@ -202,7 +150,7 @@ describe("dbuild watch layers/b", () => {
 
 describe("dbuild watch --shell", () => {
   it("after a rebuild a throwaway VM of the stack runs the new content; Ctrl-C stops it", async () => {
-    const w = new WatchProc(["layers/b", "--shell"]);
+    const w = new WatchProc(["layers/b", "--shell"], { cwd: p.root });
     try {
       // The previous describe left layers/b edited and unbuilt: the initial cycle builds it, then boots a shell.
       const i = await w.waitFor((e) => e.type === "watch-shell", 0, 120_000, "shell");
