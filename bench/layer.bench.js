@@ -15,7 +15,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { freeTcpPort, releasePort } from "../dist/vm/ports.js";
-import { floorVm, loadavg, median, microImage, root, writeSection } from "./lib.js";
+import { floorVm, loadavg, median, microImage, packerEnv, root, writeSection } from "./lib.js";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const { image, key, pubkey } = microImage();
@@ -123,7 +123,7 @@ function packerCycle(i) {
   const r = spawnSync("packer", ["build", "-color=false", tmpl], {
     cwd: dir,
     encoding: "utf8",
-    env: { ...process.env, PACKER_CACHE_DIR: path.join(dir, "packer_cache"), CHECKPOINT_DISABLE: "1", PACKER_LOG: "" },
+    env: { ...packerEnv(dir), PACKER_LOG: "" },
   });
   const ms = performance.now() - t0;
   if (r.status !== 0) throw new Error(`packer build failed:\n${r.stdout.slice(-3000)}\n${r.stderr.slice(-2000)}`);

@@ -127,3 +127,29 @@ export async function floorVm({ disk, key, dir, name, mem = 256, port }) {
     },
   };
 }
+
+/**
+ * Environment for running Packer 1.6.6 against this machine's QEMU (7.2). Packer creates its
+ * `use_backing_file` overlay with `qemu-img create -f qcow2 -b BACKING OUT`, without `-F`, which QEMU
+ * refuses since 6.1 ("Backing file specified without backing format"). A `qemu-img` first on Packer's
+ * PATH adds `-F qcow2` to exactly that call and passes everything else through unchanged.
+ */
+export function packerEnv(dir) {
+  const bin = path.join(dir, "packer-bin");
+  fs.mkdirSync(bin, { recursive: true });
+  const real = execFileSync("sh", ["-c", "command -v qemu-img"], { encoding: "utf8" }).trim();
+  fs.writeFileSync(
+    path.join(bin, "qemu-img"),
+    `#!/bin/sh
+if [ "$1" = create ]; then
+  case " $* " in
+    *" -F "*) ;;
+    *" -b "*) shift; exec ${real} create -F qcow2 "$@" ;;
+  esac
+fi
+exec ${real} "$@"
+`,
+    { mode: 0o755 },
+  );
+  return { ...process.env, PATH: `${bin}:${process.env.PATH}`, CHECKPOINT_DISABLE: "1", PACKER_CACHE_DIR: path.join(dir, "packer_cache") };
+}
