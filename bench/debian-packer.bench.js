@@ -49,6 +49,7 @@ function dbuild(args) {
     if (e.type === "step" && (!prev || prev.step !== e.step)) prev = e;
   }
   const done = events.find((e) => e.type === "node-done");
+  if (!done) return undefined; // the base build: not measured
   const start = events.find((e) => e.type === "step" && e.step === "boot" && e.detail)?.detail;
   return { s: done.duration, start, steps: steps.join(", ") };
 }
