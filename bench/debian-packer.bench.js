@@ -10,30 +10,12 @@ import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { cache, loadavg, microImage, packerEnv, root, writeSection } from "./lib.js";
+import { cache, DEBIAN_WEB, debianWebProject, loadavg, microImage, packerEnv, root, writeSection } from "./lib.js";
 
 const userCache = path.join(cache, "user-cache");
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dbuild-bench-debian-packer-"));
 const { key, pubkey } = microImage();
-const WEB = `#!/bin/sh
-set -eu
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends nginx-light
-echo "<h1>web layer</h1>" > /var/www/html/index.html
-systemctl enable nginx
-`;
-
-const p = path.join(dir, "proj");
-for (const d of ["layers/web/target", "keys", "utils"]) fs.mkdirSync(path.join(p, d), { recursive: true });
-fs.symlinkSync(path.join(root, "layers", "debian"), path.join(p, "layers", "debian"));
-fs.copyFileSync(key, path.join(p, "keys", "demobuilder"));
-fs.chmodSync(path.join(p, "keys", "demobuilder"), 0o600);
-fs.copyFileSync(pubkey, path.join(p, "keys", "demobuilder.pub"));
-fs.copyFileSync(path.join(root, "utils", "addlayer.sh"), path.join(p, "utils", "addlayer.sh"));
-fs.symlinkSync("../../utils/addlayer.sh", path.join(p, "layers", "web", "install"));
-fs.writeFileSync(path.join(p, "layers", "web", "target", "install"), WEB, { mode: 0o755 });
-fs.writeFileSync(path.join(p, "demobuild.yaml"), "buildVm: {mem: 1024, cpus: 1}\ntimeouts: {boot: 900, install: 1800}\n");
+const p = debianWebProject(path.join(dir, "proj"), { key, pubkey });
 
 function dbuild(args) {
   const r = spawnSync(process.execPath, [path.join(root, "bin", "dbuild.js"), ...args, "--progress", "json"], {
@@ -57,7 +39,7 @@ function dbuild(args) {
 dbuild(["build", "debian"]);
 const image = fs.realpathSync(path.join(p, "build", "debian.qcow2"));
 const sha = createHash("sha256").update(fs.readFileSync(image)).digest("hex");
-fs.writeFileSync(path.join(dir, "web.sh"), WEB, { mode: 0o755 });
+fs.writeFileSync(path.join(dir, "web.sh"), DEBIAN_WEB, { mode: 0o755 });
 
 function packer(i) {
   const out = path.join(dir, `packer-out-${i}`);

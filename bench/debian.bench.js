@@ -16,37 +16,14 @@ import * as path from "node:path";
 import { startVm } from "../dist/vm/qemu.js";
 import { randomBytes } from "node:crypto";
 import { freeTcpPort, releasePort } from "../dist/vm/ports.js";
-import { cache, floorVm, loadavg, median, microImage, packerEnv, root, writeSection } from "./lib.js";
+import { cache, DEBIAN_WEB, debianWebProject, floorVm, loadavg, median, microImage, packerEnv, root, writeSection } from "./lib.js";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const userCache = path.join(cache, "user-cache");
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dbuild-bench-debian-"));
 const { key, pubkey } = microImage();
 
-const WEB = `#!/bin/sh
-set -eu
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends nginx-light
-echo "<h1>web layer</h1>" > /var/www/html/index.html
-systemctl enable nginx
-`;
-
-function project(name) {
-  const p = path.join(dir, name);
-  fs.mkdirSync(path.join(p, "layers", "web", "target"), { recursive: true });
-  fs.mkdirSync(path.join(p, "keys"), { recursive: true });
-  fs.mkdirSync(path.join(p, "utils"), { recursive: true });
-  fs.symlinkSync(path.join(root, "layers", "debian"), path.join(p, "layers", "debian"));
-  fs.copyFileSync(key, path.join(p, "keys", "demobuilder"));
-  fs.chmodSync(path.join(p, "keys", "demobuilder"), 0o600);
-  fs.copyFileSync(pubkey, path.join(p, "keys", "demobuilder.pub"));
-  fs.copyFileSync(path.join(root, "utils", "addlayer.sh"), path.join(p, "utils", "addlayer.sh"));
-  fs.symlinkSync("../../utils/addlayer.sh", path.join(p, "layers", "web", "install"));
-  fs.writeFileSync(path.join(p, "layers", "web", "target", "install"), WEB, { mode: 0o755 });
-  fs.writeFileSync(path.join(p, "demobuild.yaml"), "buildVm: {mem: 1024, cpus: 1}\ntimeouts: {boot: 900, install: 1800}\n");
-  return p;
-}
+const project = (name) => debianWebProject(path.join(dir, name), { key, pubkey });
 
 function dbuild(cwd, args) {
   const t0 = performance.now();
@@ -109,7 +86,7 @@ console.log(`dbuild debian:web: node ${webNode.duration.toFixed(1)} s, command $
 
 const sha = createHash("sha256").update(fs.readFileSync(image)).digest("hex");
 const script = path.join(dir, "web.sh");
-fs.writeFileSync(script, WEB, { mode: 0o755 });
+fs.writeFileSync(script, DEBIAN_WEB, { mode: 0o755 });
 const template = {
   builders: [{
     type: "qemu", disk_image: true, use_backing_file: true, iso_url: `file://${image}`, iso_checksum: `sha256:${sha}`,

@@ -153,3 +153,30 @@ exec ${real} "$@"
   );
   return { ...process.env, PATH: `${bin}:${process.env.PATH}`, CHECKPOINT_DISABLE: "1", PACKER_CACHE_DIR: path.join(dir, "packer_cache") };
 }
+
+/** The Debian benches' web layer: apt-get install nginx-light and a page (the same script for dbuild and Packer). */
+export const DEBIAN_WEB = `#!/bin/sh
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends nginx-light
+echo "<h1>web layer</h1>" > /var/www/html/index.html
+systemctl enable nginx
+`;
+
+/**
+ * A project at `p`: layers/debian (this repo's, linked), a `web` layer running DEBIAN_WEB, the given key
+ * pair as keys/demobuilder, build VMs of 1024 MiB / 1 vCPU with Debian-sized timeouts. Returns `p`.
+ */
+export function debianWebProject(p, { key, pubkey }) {
+  for (const d of ["layers/web/target", "keys", "utils"]) fs.mkdirSync(path.join(p, d), { recursive: true });
+  fs.symlinkSync(path.join(root, "layers", "debian"), path.join(p, "layers", "debian"));
+  fs.copyFileSync(key, path.join(p, "keys", "demobuilder"));
+  fs.chmodSync(path.join(p, "keys", "demobuilder"), 0o600);
+  fs.copyFileSync(pubkey, path.join(p, "keys", "demobuilder.pub"));
+  fs.copyFileSync(path.join(root, "utils", "addlayer.sh"), path.join(p, "utils", "addlayer.sh"));
+  fs.symlinkSync("../../utils/addlayer.sh", path.join(p, "layers", "web", "install"));
+  fs.writeFileSync(path.join(p, "layers", "web", "target", "install"), DEBIAN_WEB, { mode: 0o755 });
+  fs.writeFileSync(path.join(p, "demobuild.yaml"), "buildVm: {mem: 1024, cpus: 1}\ntimeouts: {boot: 900, install: 1800}\n");
+  return p;
+}
