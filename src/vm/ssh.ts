@@ -3,11 +3,12 @@
  * exit status. The first handshake's host key is checked against the keys the guest holds, read through
  * the guest agent (vm/hostkeys.ts), then pinned for every later connection.
  */
+import * as net from "node:net";
 import type { Client, ConnectConfig } from "ssh2";
 import { loadSsh2 } from "../util/lazy.js";
 import { DbuildError } from "../util/errors.js";
 import type { ExecOptions, ExecResult } from "./types.js";
-import { abortError, sleep } from "../util/sleep.js";
+import { abortError } from "../util/sleep.js";
 
 export interface SshTarget {
   host: string;
@@ -73,14 +74,17 @@ export class SshSession {
     return !this.closed;
   }
 
-  /** One connection attempt; rejects if the handshake does not complete within `timeoutMs`. */
-  static async connect(target: SshTarget, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SshSession> {
+  /**
+   * One connection attempt; rejects if the handshake does not complete within `timeoutMs`. `onAnswer`:
+   * called when the server sends its first bytes (its identification: something really listens).
+   */
+  static async connect(target: SshTarget, opts: { timeoutMs?: number; signal?: AbortSignal; onAnswer?: () => void } = {}): Promise<SshSession> {
     if (opts.signal?.aborted) throw abortError(opts.signal);
     const ssh2 = await loadSsh2();
     return SshSession.open(new ssh2.Client(), target, opts);
   }
 
-  private static open(client: Client, target: SshTarget, opts: { timeoutMs?: number; signal?: AbortSignal }): Promise<SshSession> {
+  private static open(client: Client, target: SshTarget, opts: { timeoutMs?: number; signal?: AbortSignal; onAnswer?: () => void }): Promise<SshSession> {
     const cfg: ConnectConfig = {
       host: target.host,
       port: target.port,
@@ -97,6 +101,14 @@ export class SshSession {
       keepaliveInterval: 15_000,
       keepaliveCountMax: 4,
     };
+    if (opts.onAnswer) {
+      // Our own socket, to see the server's first bytes; ssh2 adds its listeners in client.connect
+      // below, in this same tick, so it misses none of them.
+      const sock = net.connect({ host: target.host, port: target.port });
+      const onAnswer = opts.onAnswer;
+      sock.once("data", () => onAnswer());
+      cfg.sock = sock;
+    }
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         client.destroy();
@@ -236,38 +248,133 @@ export class SshSession {
 }
 
 /**
- * Connect, retrying until SSH answers and `true` runs. User-mode networking accepts TCP before the
- * guest listens and then drops the connection, so attempts are capped, not just the time.
+ * Connect, retrying until SSH answers and `true` runs, within the deadline (and `maxAttempts`, if
+ * given). User-mode networking accepts TCP before the guest listens, then drops or stalls it.
+ *
+ * The schedule (unit-tested in test/unit/vm-ssh-wait.test.ts): an attempt refused or dropped at once
+ * is followed by the next one `minGapMs` (200 ms) after it started, never a spin (busy probes starve a
+ * TCG guest of the host's CPU); while the newest attempt has had no answer for `staggerMs`, another
+ * starts, up to MAX_IN_FLIGHT at once (an unanswered attempt is not cut short: the server may be slow to
+ * speak, sshd re-executing itself under TCG). As soon as
+ * the server answers one attempt (its identification: the guest really listens), the others are
+ * dropped and no new one starts while it logs in: a guest under TCG then serves one handshake, not
+ * three at once, and a slow server is never cut short by the schedule.
  */
 export async function waitForSsh(
   target: SshTarget,
-  opts: { deadline: number; maxAttempts?: number; signal?: AbortSignal; onAttempt?: (n: number, err?: Error) => void },
+  opts: {
+    deadline: number;
+    maxAttempts?: number;
+    /** A new attempt starts when the newest one has had no answer for this long (default 1000 ms). */
+    staggerMs?: number;
+    /** Least time between the starts of two attempts (default 200 ms). */
+    minGapMs?: number;
+    signal?: AbortSignal;
+    onAttempt?: (n: number, err?: Error) => void;
+  },
 ): Promise<SshSession> {
   // No cap by default: the deadline bounds the wait (a Debian guest refuses or resets for a minute and more).
   const maxAttempts = opts.maxAttempts ?? Number.POSITIVE_INFINITY;
+  const staggerMs = opts.staggerMs ?? 1000;
+  const minGapMs = opts.minGapMs ?? 200;
+  // Attempts overlap. QEMU's user network accepts the host's connection at once and forwards it to a
+  // guest that may not have its address yet: that SYN is then lost, and the attempt would sit out its
+  // whole timeout (measured: readiness came in 5 s steps; QEMU resends that SYN only after ~3 s). An
+  // unanswered attempt costs the guest nothing, so a fresh one every staggerMs finds the guest soon
+  // after it listens; answered ones beyond the first are dropped before they cost it a login.
+  const MAX_IN_FLIGHT = 3;
+  const ctl = new AbortController();
+  const inFlight = new Map<number, { done: Promise<void>; ctl: AbortController }>();
+  let winner: SshSession | undefined;
   let lastErr: Error | undefined;
-  for (let attempt = 1; attempt <= maxAttempts; attempt++) {
-    const left = opts.deadline - Date.now();
-    if (left <= 0) break;
+  let attempts = 0;
+  let lastStart = 0;
+  let newestPending = false;
+  /** The attempt the server answered, which is logging in, if any. */
+  let live: number | undefined;
+  let wake: () => void = () => {};
+
+  const attempt = async (n: number, signal: AbortSignal): Promise<void> => {
     const t0 = Date.now();
+    let err: Error | undefined;
+    const onAnswer = (): void => {
+      // Replaced already (its abort is under way).
+      if (!inFlight.has(n)) return;
+      if (live !== undefined || winner) {
+        // Another attempt got there first: this one is dropped.
+        inFlight.get(n)?.ctl.abort(new Error("another SSH attempt is logging in"));
+        return;
+      }
+      live = n;
+      for (const [m, a] of inFlight) if (m !== n) a.ctl.abort(new Error("another SSH attempt is logging in"));
+    };
     try {
-      const s = await SshSession.connect(target, { timeoutMs: Math.min(left, 5000), signal: opts.signal });
+      const s = await SshSession.connect(target, { timeoutMs: Math.max(1, Math.min(opts.deadline - t0, 5000)), signal, onAnswer });
       try {
-        const r = await s.exec("true", { timeoutMs: Math.max(1000, Math.min(opts.deadline - Date.now(), 5000)), signal: opts.signal });
-        if (r.code === 0) return s;
-        lastErr = new Error(`\`true\` exited with ${r.code ?? r.signal}`);
+        const r = await s.exec("true", { timeoutMs: Math.max(1000, Math.min(opts.deadline - Date.now(), 5000)), signal });
+        if (r.code === 0 && !winner) {
+          winner = s;
+          return;
+        }
+        if (r.code !== 0) err = new Error(`\`true\` exited with ${r.code ?? r.signal}`);
       } catch (e) {
-        lastErr = e as Error;
+        err = e as Error;
       }
       s.close();
     } catch (e) {
-      if (opts.signal?.aborted) throw abortError(opts.signal);
-      lastErr = e as Error;
+      err = e as Error;
     }
-    opts.onAttempt?.(attempt, lastErr);
-    // Refused or dropped at once means nothing listens yet: pause a little rather than spin.
-    const spent = Date.now() - t0;
-    if (spent < 200) await sleep(200 - spent, opts.signal);
+    if (live === n) live = undefined;
+    if (winner || opts.signal?.aborted) return;
+    // Dropped for another attempt that got further: not an attempt that failed.
+    if (signal.aborted && !ctl.signal.aborted) return;
+    lastErr = err;
+    opts.onAttempt?.(n, err);
+  };
+
+  try {
+    while (!winner) {
+      if (opts.signal?.aborted) throw abortError(opts.signal);
+      const now = Date.now();
+      const canStart = attempts < maxAttempts && now < opts.deadline && live === undefined && inFlight.size < MAX_IN_FLIGHT;
+      if (attempts >= maxAttempts || now >= opts.deadline) {
+        if (inFlight.size === 0) break;
+      }
+      const next = lastStart + (newestPending ? staggerMs : minGapMs);
+      if (canStart && now >= next) {
+        lastStart = now;
+        const n = ++attempts;
+        newestPending = true;
+        const actl = new AbortController();
+        const signals = [ctl.signal, actl.signal, ...(opts.signal ? [opts.signal] : [])];
+        const done = attempt(n, AbortSignal.any(signals)).finally(() => {
+          inFlight.delete(n);
+          if (n === attempts) newestPending = false;
+          wake();
+        });
+        inFlight.set(n, { done, ctl: actl });
+        continue;
+      }
+      const waitMs = canStart ? Math.max(0, next - now) : undefined;
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          if (t) clearTimeout(t);
+          opts.signal?.removeEventListener("abort", done);
+          wake = () => {};
+          resolve();
+        };
+        // Woken by a settled attempt, the timer for the next start, or an abort.
+        const t = waitMs !== undefined ? setTimeout(done, waitMs) : undefined;
+        wake = done;
+        opts.signal?.addEventListener("abort", done, { once: true });
+      });
+    }
+  } finally {
+    // Losers: their connections are dropped (an abort ends a handshake or a `true` still running).
+    ctl.abort(new Error("another SSH attempt succeeded"));
+    await Promise.allSettled([...inFlight.values()].map((a) => a.done));
   }
+  if (winner) return winner;
+  if (opts.signal?.aborted) throw abortError(opts.signal);
   throw lastErr ?? new Error("ssh: deadline passed before the first attempt");
 }
