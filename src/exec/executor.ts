@@ -36,6 +36,7 @@ import type { WarmMode } from "./warm-start.js";
 import { TestsFailed, testGate } from "./layer-tests.js";
 import { layerSecrets, readBuildSecrets, secretMasker } from "./secrets.js";
 import type { VmUsage } from "../vm/types.js";
+import type { HandoffRequest } from "./handoff.js";
 
 export interface BuildOptions {
   jobs: number;
@@ -49,6 +50,8 @@ export interface BuildOptions {
   warm?: WarmMode;
   /** Optional hook after a node is published (remote cache push). */
   afterPublish?: (node: PlanNode, record: NodeRecord) => Promise<void>;
+  /** `watch --shell`: keep this node's build VM for the shell (exec/handoff.ts). */
+  handoff?: HandoffRequest;
 }
 
 export interface BuildResult {
@@ -217,6 +220,7 @@ async function buildNode(
       countProxy: (c) => (proxyCounters = c),
       vmStopped,
       secrets,
+      ...(opts.handoff?.stack === node.stack ? { handoff: opts.handoff } : {}),
     };
     try {
       await runner.buildImage(ctx);

@@ -18,11 +18,13 @@ import type { QemuVm } from "../vm/qemu.js";
 import type { Login } from "./login.js";
 import { SEED_INSTANCE_ID } from "./login.js";
 import { startImageVm } from "./warm-start.js";
+import { removeHandoff, type Handoff } from "./handoff.js";
 
 export interface ThrowawayVm {
   vm: QemuVm;
-  /** True when the VM was resumed from the image's warm snapshot rather than booted. */
+  /** True when the VM was resumed (from the image's warm snapshot or a kept build VM) rather than booted. */
   resumed: boolean;
+  from: "build VM" | "warm snapshot" | "boot";
   /** The snapshot the VM runs on. */
   disk: string;
   /** Kills the VM and removes its directory (idempotent). */
@@ -47,6 +49,8 @@ export interface ThrowawayOptions {
   signal: AbortSignal;
   /** A warm snapshot could not be used. */
   note: (message: string) => void;
+  /** `watch --shell`: the kept build VM of this image, tried first; its directory goes with this VM. */
+  handoff?: Handoff;
 }
 
 export async function startThrowawayVm(o: ThrowawayOptions): Promise<ThrowawayVm> {
@@ -55,7 +59,7 @@ export async function startThrowawayVm(o: ThrowawayOptions): Promise<ThrowawayVm
   try {
     // Registered before it is created: gc must never remove the object this snapshot is backed by.
     await registerSnapshot(o.store, disk);
-    const { vm, resumed } = await startImageVm({
+    const { vm, resumed, from } = await startImageVm({
       project: o.project,
       store: o.store,
       object: o.backing,
@@ -71,24 +75,31 @@ export async function startThrowawayVm(o: ThrowawayOptions): Promise<ThrowawayVm
       },
       signal: o.signal,
       note: o.note,
+      ...(o.handoff ? { handoff: o.handoff } : {}),
     });
     let stopped: Promise<void> | undefined;
     return {
       vm,
       resumed,
+      from,
       disk,
       stop: () => {
         stopped ??= (async () => {
           await vm.kill();
-          await fs.rm(dir, { recursive: true, force: true });
-          await unregisterSnapshot(o.store, disk);
+          await removeDirs(o, dir, disk);
         })();
         return stopped;
       },
     };
   } catch (e) {
-    await fs.rm(dir, { recursive: true, force: true });
-    await unregisterSnapshot(o.store, disk);
+    await removeDirs(o, dir, disk);
     throw e;
   }
+}
+
+/** This VM's directory, and the kept build VM it may have resumed (used once). */
+async function removeDirs(o: ThrowawayOptions, dir: string, disk: string): Promise<void> {
+  await fs.rm(dir, { recursive: true, force: true });
+  await unregisterSnapshot(o.store, disk);
+  if (o.handoff) await removeHandoff(o.store, o.handoff);
 }

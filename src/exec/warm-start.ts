@@ -23,6 +23,8 @@ import { projectVmOptions } from "../vm/options.js";
 import { deviceSet, startVm, type QemuVm } from "../vm/qemu.js";
 import type { VmOptions } from "../vm/types.js";
 import { qemuVersion, saveWarmState, setGuestClock } from "../vm/warm.js";
+import type { Handoff } from "./handoff.js";
+import { SEED_INSTANCE_ID } from "./login.js";
 
 export type WarmMode = "warm" | "cold";
 
@@ -175,6 +177,8 @@ export interface ImageVmRequest {
   mem?: number;
   cpus?: number;
   vm: Pick<VmOptions, "keyPath" | "serialLog" | "runDir" | "user" | "seed">;
+  /** `watch --shell`: the build VM of this image, kept just before its poweroff (exec/handoff.ts); tried first. */
+  handoff?: Handoff;
   signal: AbortSignal;
   note: (message: string) => void;
 }
@@ -183,11 +187,36 @@ export interface ImageVmRequest {
  * A throwaway VM of a published image (`dbuild shell`): resumed from the image's warm snapshot when
  * one fits (the user asked for no other memory or CPUs), else booted as before. Nothing is saved.
  */
-export async function startImageVm(r: ImageVmRequest): Promise<{ vm: QemuVm; resumed: boolean }> {
+export async function startImageVm(r: ImageVmRequest): Promise<{ vm: QemuVm; resumed: boolean; from: "build VM" | "warm snapshot" | "boot" }> {
   const s = r.project.settings;
   const object = path.basename(r.object);
   const warm = new WarmStore(r.store.internalDir);
   const child = (backing: string): Promise<string> => qemuImg(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, r.disk], r.signal);
+  const resumed = async (start: () => Promise<QemuVm>): Promise<QemuVm> => {
+    const vm = await start();
+    try {
+      await setGuestClock(vm, r.signal);
+    } catch (e) {
+      await vm.kill();
+      throw e;
+    }
+    return vm;
+  };
+  if (r.handoff) {
+    const h = r.handoff;
+    await child(h.disk);
+    try {
+      // The build VM's devices exactly (a NoCloud seed drive or none), or the state does not load.
+      const { seed: _seed, ...vmOpts } = r.vm;
+      const base = projectVmOptions(s, { ...vmOpts, user: h.user, disk: r.disk, mem: h.mem, cpus: h.cpus, signal: r.signal, ...(h.seed ? { seed: { instanceId: SEED_INSTANCE_ID } } : {}) });
+      const vm = await resumed(() => startVm({ ...base, mac: h.mac, resume: { stateFile: h.state, ip: h.ip } }));
+      return { vm, resumed: true, from: "build VM" };
+    } catch (e) {
+      if (r.signal.aborted) throw e;
+      r.note(`the build VM kept for the shell could not be resumed (${firstLine(errorMessage(e))}); booting the image`);
+      await fs.rm(r.disk, { force: true });
+    }
+  }
   const meta = s.warm.enabled && s.network.mode === "user" ? await warm.peek(object) : undefined;
   if (meta && (r.mem ?? meta.mem) === meta.mem && (r.cpus ?? meta.cpus) === meta.cpus) {
     const base = projectVmOptions(s, { ...r.vm, disk: r.disk, mem: meta.mem, cpus: meta.cpus, signal: r.signal });
@@ -196,14 +225,9 @@ export async function startImageVm(r: ImageVmRequest): Promise<{ vm: QemuVm; res
     if (found.snap) {
       await child(found.snap.boot);
       try {
-        const vm = await startVm({ ...base, mac: found.snap.meta.mac, resume: { stateFile: found.snap.state, ip: found.snap.meta.ip } });
-        try {
-          await setGuestClock(vm, r.signal);
-        } catch (e) {
-          await vm.kill();
-          throw e;
-        }
-        return { vm, resumed: true };
+        const snap = found.snap;
+        const vm = await resumed(() => startVm({ ...base, mac: snap.meta.mac, resume: { stateFile: snap.state, ip: snap.meta.ip } }));
+        return { vm, resumed: true, from: "warm snapshot" };
       } catch (e) {
         if (r.signal.aborted) throw e;
         await warm.discard(object);
@@ -214,5 +238,5 @@ export async function startImageVm(r: ImageVmRequest): Promise<{ vm: QemuVm; res
   }
   await child(r.object);
   const vm = await startVm(projectVmOptions(s, { ...r.vm, disk: r.disk, mem: r.mem ?? s.defaults.mem, cpus: r.cpus ?? s.defaults.cpus, signal: r.signal }));
-  return { vm, resumed: false };
+  return { vm, resumed: false, from: "boot" };
 }

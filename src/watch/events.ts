@@ -20,7 +20,7 @@ export type WatchEvent =
   /** A cycle could not start (the project does not load, no target uses the layer, ...). Watching goes on. */
   | { type: "watch-error"; time: number; cycle: number; problems: Problem[] }
   /** --shell: a throwaway VM of `stack` is up; `ssh` is an OpenSSH command line that reaches it. */
-  | { type: "watch-shell"; time: number; cycle: number; stack: string; disk: string; pid: number; sshHost: string; sshPort: number; keyPath: string; user: string; ssh: string; bootSeconds: number }
+  | { type: "watch-shell"; time: number; cycle: number; stack: string; disk: string; pid: number; sshHost: string; sshPort: number; keyPath: string; user: string; ssh: string; bootSeconds: number; from: "build VM" | "warm snapshot" | "boot" }
   | { type: "watch-shell-failed"; time: number; cycle: number; stack: string; message: string }
   /** The previous shell VM was stopped (a rebuild starts, or the session ends). */
   | { type: "watch-shell-stopped"; time: number; stack: string; pid: number }

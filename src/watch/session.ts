@@ -4,7 +4,10 @@
  * optional shell VM), the check that decides whether a change seen during a build aborts it, and
  * the exit. It prints nothing: it emits events for the CLI to render.
  */
+import { promises as fs } from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
+import { removeHandoff, type Handoff, type HandoffRequest } from "../exec/handoff.js";
 import { build, type BuildResult } from "../exec/executor.js";
 import { makePlan, resolveStacks } from "../plan/planner.js";
 import { hasWork } from "../model/plan.js";
@@ -183,6 +186,29 @@ export class WatchSession {
     }
     const stale = plan.nodes.filter(hasWork);
     o.emit({ type: "watch-cycle", time: Date.now(), cycle: run.cycle, changed: paths, stacks, rebuilding: stale.map((n) => n.stack) });
+    // --shell: the build VM of the node the shell will show is kept just before its poweroff, and the
+    // shell resumes it (exec/handoff.ts) rather than booting the new image.
+    const kept: { req?: HandoffRequest; handoff?: Handoff } = {};
+    const target = o.shell ? this.shellStack(plan, stale.map((n) => n.stack)) : undefined;
+    if (target && stale.some((n) => n.stack === target && n.kind === "intermediate")) {
+      const dir = await fs.mkdtemp(path.join(os.tmpdir(), "dbuild-handoff-"));
+      kept.req = { stack: target, dir, take: (h) => (kept.handoff = h) };
+    }
+    try {
+      await this.buildAndShell(run, { project, stacks, plan, stale, t0, kept });
+    } finally {
+      // Not taken by a shell (failed, cancelled, or the shell shows another stack): nothing may keep it.
+      if (kept.req) await removeHandoff(new Store(project.settings.buildDir), kept.handoff ?? { dir: kept.req.dir, disk: path.join(kept.req.dir, "disk.qcow2") });
+    }
+  }
+
+  private async buildAndShell(
+    run: Running,
+    c: { project: Project; stacks: string[]; plan: Plan; stale: PlanNode[]; t0: number; kept: { req?: HandoffRequest; handoff?: Handoff } },
+  ): Promise<void> {
+    const { o } = this;
+    const { project, stacks, plan, stale, t0, kept } = c;
+    const signal = run.ac.signal;
     let res: BuildResult | undefined;
     if (stale.length) {
       // The old shell shows an image that is about to be replaced, and it competes for the CPUs.
@@ -204,6 +230,7 @@ export class WatchSession {
             keepFailed: false,
             signal,
             emit: o.emit,
+            ...(kept.req ? { handoff: kept.req } : {}),
           });
         }
       } finally {
@@ -228,7 +255,10 @@ export class WatchSession {
       duration: (Date.now() - t0) / 1000,
     });
     if (o.shell && (outcome === "done" || (outcome === "up-to-date" && !this.shellVm))) {
-      await this.openShell(run, project, plan, res?.built ?? stacks);
+      const handoff = kept.handoff;
+      // The shell owns the kept build VM from here on (its stop removes it), whether it uses it or not.
+      kept.req = undefined;
+      await this.openShell(run, project, plan, res?.built ?? stacks, handoff);
     }
   }
 
@@ -244,12 +274,15 @@ export class WatchSession {
     return [...expand].sort((a, b) => depth(b) - depth(a))[0];
   }
 
-  private async openShell(run: Running, project: Project, plan: Plan, candidates: readonly string[]): Promise<void> {
+  private async openShell(run: Running, project: Project, plan: Plan, candidates: readonly string[], handoff: Handoff | undefined): Promise<void> {
+    const store = new Store(project.settings.buildDir);
     const stack = this.shellStack(plan, candidates);
+    const usable = handoff && handoff.stack === stack ? handoff : undefined;
+    if (handoff && !usable) await removeHandoff(store, handoff);
     if (!stack) return;
     await this.stopShell();
     try {
-      const vm = await startShell(project, new Store(project.settings.buildDir), stack, run.ac.signal);
+      const vm = await startShell(project, store, stack, run.ac.signal, usable);
       if (run.ac.signal.aborted) {
         await vm.stop();
         return;
@@ -268,6 +301,7 @@ export class WatchSession {
         user: vm.user,
         ssh: vm.ssh,
         bootSeconds: vm.bootSeconds,
+        from: vm.from,
       });
     } catch (e) {
       if (run.ac.signal.aborted) return;

@@ -10,6 +10,7 @@ import { ensureProjectKey } from "../vm/keys.js";
 import { sshArgs } from "../vm/rsync.js";
 import { shellQuote } from "../vm/ssh.js";
 import { loginFor } from "../exec/login.js";
+import type { Handoff } from "../exec/handoff.js";
 
 export interface ShellVm {
   stack: string;
@@ -24,13 +25,16 @@ export interface ShellVm {
   ssh: string;
   /** Seconds from snapshot to a working SSH. */
   bootSeconds: number;
+  /** How the VM came up: the kept build VM resumed, the image's warm snapshot resumed, or a boot. */
+  from: "build VM" | "warm snapshot" | "boot";
   stop(): Promise<void>;
 }
 
-export async function startShell(project: Project, store: Store, stack: string, signal: AbortSignal): Promise<ShellVm> {
+export async function startShell(project: Project, store: Store, stack: string, signal: AbortSignal, handoff?: Handoff): Promise<ShellVm> {
   const t0 = Date.now();
   const { key } = await ensureProjectKey(project.root);
-  // Resumed from the image's warm snapshot where one exists (the image had a child built), else booted.
+  // The build VM kept just before its poweroff (watch --shell), else the image's warm snapshot where one
+  // exists (the image had a child built), else booted.
   const t = await startThrowawayVm({
     project,
     store,
@@ -43,6 +47,7 @@ export async function startShell(project: Project, store: Store, stack: string, 
     tmpPrefix: "dbuild-watch-",
     signal,
     note: () => undefined,
+    ...(handoff ? { handoff } : {}),
   });
   const user = t.vm.user;
   return {
@@ -56,6 +61,7 @@ export async function startShell(project: Project, store: Store, stack: string, 
     // Interactive, and no host-key prompt for a VM that lives a few minutes.
     ssh: ["ssh", ...sshArgs({ port: t.vm.sshPort, keyPath: key, interactive: true }), `${user}@${t.vm.sshHost}`].map((a) => shellQuote(a)).join(" "),
     bootSeconds: (Date.now() - t0) / 1000,
+    from: t.from,
     stop: () => t.stop(),
   };
 }

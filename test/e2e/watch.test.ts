@@ -3,7 +3,9 @@
  * inputs change under it, nothing for a touch or an edit elsewhere, a clean Ctrl-C, and --shell.
  * One watch process serves the first tests (as a user's session would), to keep VM boots few.
  */
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs/promises";
+import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { reportData } from "../helpers/browser.js";
@@ -149,28 +151,63 @@ describe("dbuild watch layers/b", () => {
 });
 
 describe("dbuild watch --shell", () => {
-  it("after a rebuild a throwaway VM of the stack runs the new content; Ctrl-C stops it", async () => {
+  const handoffDirs = async (): Promise<string[]> => (await fs.readdir(os.tmpdir())).filter((n) => n.startsWith("dbuild-handoff-"));
+
+  it("after a rebuild the shell is the build VM resumed, with the new content; the published image boots on its own; Ctrl-C stops it", async () => {
+    const before = await handoffDirs();
     const w = new WatchProc(["layers/b", "--shell"], { cwd: p.root });
     try {
-      // The previous describe left layers/b edited and unbuilt: the initial cycle builds it, then boots a shell.
+      // The previous describe left layers/b edited and unbuilt: the initial cycle builds it, then opens a shell.
       const i = await w.waitFor((e) => e.type === "watch-shell", 0, 120_000, "shell");
       const sh = w.events[i]!;
-      expect(sh).toMatchObject({ stack: "micro:a:b" });
+      // Resumed from the build VM kept just before its poweroff (exec/handoff.ts), not booted.
+      expect(sh).toMatchObject({ stack: "micro:a:b", from: "build VM" });
       expect(w.since(0, "node-done").map((e) => e.stack)).toEqual(["micro:a:b"]);
-      const out = await dbuild(["ssh", String(sh.disk), "cat /etc/dbuild-b"], { cwd: p.root });
+      const out = await dbuild(["ssh", String(sh.disk), "cat /etc/dbuild-b; ls /tmp/dbuild-layer 2>&1 || true"], { cwd: p.root });
       expect(out.code, out.stderr).toBe(0);
-      expect(out.stdout.trim()).toBe("b6");
+      // The layer's content, and the clean-up (step 5) already done.
+      expect(out.stdout).toMatch(/^b6\n.*No such file/s);
       // The snapshot is not in the build dir.
       expect(path.relative(path.join(p.root, "build"), String(sh.disk)).startsWith("..")).toBe(true);
+
+      // A second edit: the old shell goes, the new one is again the build VM, with the new content.
+      await p.write("layers/b/target/install", "#!/bin/sh\necho b7 > /etc/dbuild-b\n", 0o755);
+      const j = await w.waitFor((e) => e.type === "watch-shell", i + 1, 120_000, "second shell");
+      expect(w.events.slice(i, j).some((e) => e.type === "watch-shell-stopped")).toBe(true);
+      expect(w.events[j]).toMatchObject({ stack: "micro:a:b", from: "build VM" });
+      const out2 = await dbuild(["ssh", String(w.events[j]!.disk), "cat /etc/dbuild-b"], { cwd: p.root });
+      expect(out2.stdout.trim()).toBe("b7");
+
       w.child.kill("SIGINT");
       const r = await w.done;
       expect(r.code).toBe(130);
       expect(qemuOf(p.root)).toEqual([]);
-      expect(qemuOf(String(sh.disk))).toEqual([]);
-      await expect(fs.stat(String(sh.disk))).rejects.toThrow();
+      for (const e of [sh, w.events[j]!]) {
+        expect(qemuOf(String(e.disk))).toEqual([]);
+        await expect(fs.stat(String(e.disk))).rejects.toThrow();
+      }
+      // Every kept build VM went with its shell.
+      expect(await handoffDirs()).toEqual(before);
     } finally {
       if (w.child.exitCode === null) w.child.kill("SIGKILL");
       await w.done;
+    }
+
+    // What was published is the one delta over the parent a plain build makes, and boots on its own.
+    const view = path.join(p.root, "build", "micro:a:b.qcow2");
+    const info = JSON.parse(execFileSync("qemu-img", ["info", "--output=json", "-U", view], { encoding: "utf8" })) as Record<string, string>;
+    const parentObject = await fs.realpath(path.join(p.root, "build", "micro:a.qcow2"));
+    expect(path.resolve(path.dirname(view), info["backing-filename"]!)).toBe(parentObject);
+    execFileSync("qemu-img", ["check", "-U", view]);
+    const snap = path.join(p.root, "after-watch.qcow2");
+    expect((await dbuild(["snap", "micro:a:b", snap], { cwd: p.root })).code).toBe(0);
+    const vm = await dbuild(["run", snap], { cwd: p.root });
+    expect(vm.code, vm.stderr).toBe(0);
+    try {
+      const out = await dbuild(["ssh", snap, "cat /etc/dbuild-a /etc/dbuild-b"], { cwd: p.root });
+      expect(out.stdout).toBe("a\nb7\n");
+    } finally {
+      killQemuOf(snap);
     }
   });
 });

@@ -50,10 +50,9 @@ describe("watch text output", () => {
     expect(out).toBe("layers/web/a changed -> rebuilding micro:web ... cancelled\n");
   });
 
-  it("the shell line names dbuild ssh and the plain ssh command", () => {
-    const out = render([
-      { type: "watch-shell", time: t, cycle: 1, stack: "micro:web", disk: "/tmp/d/micro:web.qcow2", pid: 1, sshHost: "127.0.0.1", sshPort: 4000, keyPath: "/k", user: "root", ssh: "ssh -p 4000 root@127.0.0.1", bootSeconds: 4.1 },
-    ]);
-    expect(out).toBe("shell on micro:web (up in 4.1 s):  dbuild ssh /tmp/d/micro:web.qcow2\n  or: ssh -p 4000 root@127.0.0.1\n");
+  it("the shell line names dbuild ssh and the plain ssh command, and how the VM came up", () => {
+    const shell = { type: "watch-shell", time: t, cycle: 1, stack: "micro:web", disk: "/tmp/d/micro:web.qcow2", pid: 1, sshHost: "127.0.0.1", sshPort: 4000, keyPath: "/k", user: "root", ssh: "ssh -p 4000 root@127.0.0.1" } as const;
+    expect(render([{ ...shell, bootSeconds: 4.1, from: "boot" }])).toBe("shell on micro:web (up in 4.1 s, booted):  dbuild ssh /tmp/d/micro:web.qcow2\n  or: ssh -p 4000 root@127.0.0.1\n");
+    expect(render([{ ...shell, bootSeconds: 1.2, from: "build VM" }])).toBe("shell on micro:web (up in 1.2 s, resumed from the build VM):  dbuild ssh /tmp/d/micro:web.qcow2\n  or: ssh -p 4000 root@127.0.0.1\n");
   });
 });

@@ -95,7 +95,7 @@ export class WatchTextRenderer {
         break;
       case "watch-shell":
         this.endLine();
-        this.write(`${hms(e.time)} shell on ${c.bold(e.stack)} (up in ${secs(e.bootSeconds)}):  dbuild ssh ${e.disk}\n`);
+        this.write(`${hms(e.time)} shell on ${c.bold(e.stack)} (up in ${secs(e.bootSeconds)}, ${e.from === "boot" ? "booted" : `resumed from the ${e.from}`}):  dbuild ssh ${e.disk}\n`);
         this.write(`  or: ${e.ssh}\n`);
         break;
       case "warning":

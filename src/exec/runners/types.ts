@@ -12,6 +12,7 @@ import type { VmUsage } from "../../vm/types.js";
 import type { BuildProxy } from "../build-proxy.js";
 import type { NodeLog } from "../node-log.js";
 import type { WarmMode } from "../warm-start.js";
+import type { HandoffRequest } from "../handoff.js";
 
 export interface RunContext {
   project: Project;
@@ -40,6 +41,8 @@ export interface RunContext {
   vmStopped: (pid: number, usage: VmUsage) => void;
   /** The layer's secrets (layer.yaml `secrets:`), by name: values never logged (the log masks them). */
   secrets: ReadonlyMap<string, Buffer>;
+  /** `watch --shell`: leave the build VM's last state here for the shell (exec/handoff.ts). */
+  handoff?: HandoffRequest;
 }
 
 /** What a finalizing node adds to its record. */

@@ -22,6 +22,8 @@ import { ensureProjectKey } from "../../vm/keys.js";
 import type { Vm } from "../../vm/types.js";
 import { StepError } from "../step-error.js";
 import { startBuildVm, type BuildVm } from "../warm-start.js";
+import { saveHandoff, type PendingHandoff } from "../handoff.js";
+import type { QemuVm } from "../../vm/qemu.js";
 import { archiveFailuresInOutput, GUEST_PROXY_CLEANUP, unreachableArchiveMessage } from "../../proxy/guest.js";
 import type { NodeProxy } from "../build-proxy.js";
 import { loginFor, SEED_INSTANCE_ID } from "../login.js";
@@ -130,11 +132,16 @@ export const vmCycleRunner: NodeRunner = {
       started = await boot(ctx, runDir);
       vm = started.vm;
       for (const step of GUEST_STEPS) await step(ctx, vm, np);
+      const handoff = ctx.handoff ? await handOff(ctx, started.vm) : undefined;
       await powerOff(ctx, vm);
       ctx.vmStopped(vm.pid, vm.usage());
       vm = undefined;
       // One delta over the parent, whatever the VM started from.
-      await started.finish(ctx.signal);
+      if (handoff && ctx.handoff && ctx.parent) {
+        const r = await handoff.settle(ctx.parent.path, ctx.signal);
+        if (r.handoff) ctx.handoff.take(r.handoff);
+        else ctx.warn(`the build VM could not be kept for the shell (${r.lost ?? "?"}); the shell boots the image`);
+      } else await started.finish(ctx.signal);
       ctx.countProxy(np?.counters());
     } finally {
       if (vm) {
@@ -195,6 +202,35 @@ async function boot({ project, layer, node, store, log, setStep, warn, signal, t
   const vm = started.vm;
   log.note(`VM up: pid ${vm.pid}, guest IP ${vm.ip}, ssh ${vm.user}@${vm.sshHost}:${vm.sshPort}${login.seed ? " (key from the NoCloud seed)" : ""}`);
   return started;
+}
+
+/**
+ * Before (7), for `watch --shell`: the VM's RAM and disk as they are now, kept for the shell
+ * (exec/handoff.ts). A failure costs only the hand-off: the shell then boots the image.
+ */
+async function handOff(ctx: RunContext, vm: QemuVm): Promise<PendingHandoff | undefined> {
+  const { layer, project, node, store, signal, tmpImage, handoff } = ctx;
+  if (!handoff) return undefined;
+  // Removed by the executor when the node ends (it is renamed away when all goes well).
+  ctx.work.push(`${tmpImage}.next`);
+  try {
+    const t0 = Date.now();
+    const p = await saveHandoff(vm, {
+      req: handoff,
+      tmpImage,
+      store,
+      mem: layer.config.mem ?? project.settings.buildVm.mem,
+      cpus: layer.config.cpus ?? project.settings.buildVm.cpus,
+      seed: Boolean(loginFor(project, node.parent ?? node.stack).seed),
+      signal,
+    });
+    ctx.log.note(`kept the build VM's state for the shell (guest paused ${Date.now() - t0} ms)`);
+    return p;
+  } catch (e) {
+    if (signal.aborted) throw e;
+    ctx.warn(`the build VM could not be kept for the shell (${errorMessage(e)}); the shell boots the image`);
+    return undefined;
+  }
 }
 
 /** (7) power off (the image is complete only after a clean shutdown). */
