@@ -166,7 +166,7 @@ async function buildNode(
   let keptDisk: string | undefined;
   const vmStopped = (pid: number, usage: VmUsage): void => opts.emit({ type: "vm-usage", time: Date.now(), stack: node.stack, pid, ...usage });
   const gate = (rec: NodeRecord, shows: boolean): Promise<boolean> =>
-    testGate({ project, layer, node, store, rec, shown: shows, setStep, emit: opts.emit, vmStopped, signal });
+    testGate({ project, layer, node, store, rec, shown: shows, setStep, emit: opts.emit, vmStopped, signal, ...(opts.warm ? { warm: opts.warm } : {}) });
   try {
     // --force: a VM runs, whatever the store or a remote cache holds for this key.
     if (opts.tryPull && !node.forced) {

@@ -28,7 +28,10 @@ import type { NodeRecord, TestResult } from "../model/store.js";
 import { errorMessage } from "../util/errors.js";
 import { ensureProjectKey } from "../vm/keys.js";
 import { projectVmOptions } from "../vm/options.js";
-import { startVm } from "../vm/qemu.js";
+import { deviceSet, startVm } from "../vm/qemu.js";
+import { qemuVersion } from "../vm/warm.js";
+import { WarmStore } from "../store/warm.js";
+import { bootAndSaveWarm, type WarmMode } from "./warm-start.js";
 import { sshArgs } from "../vm/rsync.js";
 import { shellQuote } from "../vm/ssh.js";
 import type { Vm, VmUsage } from "../vm/types.js";
@@ -58,6 +61,8 @@ export interface LayerTestRun {
   progress: (detail: string) => void;
   /** The test VM stopped: what it used (a `vm-usage` event of the node). */
   vmStopped: (pid: number, usage: VmUsage) => void;
+  /** "cold" (--cold): no warm snapshot is saved. */
+  warm?: WarmMode;
   signal: AbortSignal;
 }
 
@@ -136,6 +141,7 @@ export interface TestGate {
   setStep: (step: Step, detail?: string) => void;
   emit: (e: BuildEvent) => void;
   vmStopped: (pid: number, usage: VmUsage) => void;
+  warm?: WarmMode;
   signal: AbortSignal;
 }
 
@@ -160,6 +166,7 @@ export async function testGate(g: TestGate): Promise<boolean> {
     emit: g.emit,
     progress: (detail) => g.setStep("test", detail),
     vmStopped: g.vmStopped,
+    ...(g.warm ? { warm: g.warm } : {}),
     signal: g.signal,
   });
   if (out.ok) {
@@ -196,28 +203,49 @@ export async function runLayerTests(run: LayerTestRun): Promise<LayerTestOutcome
   const results: TestResult[] = [];
   const failures: LayerTestOutcome["failures"] = [];
   let vm: Vm | undefined;
+  let release: (() => Promise<void>) | undefined;
   try {
     const objectPath = store.objectPath(run.object);
-    await qemuImg(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", path.relative(path.dirname(disk), objectPath), disk], signal);
     const keys = await ensureProjectKey(project.root);
     // The image of this very stack: it says who logs in, and whether the key comes through a NoCloud seed.
     const login = loginFor(project, node.stack);
+    const opts = projectVmOptions(s, {
+      disk,
+      mem: layer.config.mem ?? s.buildVm.mem,
+      cpus: layer.config.cpus ?? s.buildVm.cpus,
+      keyPath: keys.key,
+      serialLog: testLogPath(store, node.stack).replace(/\.log$/, ".console.log"),
+      runDir,
+      signal,
+      user: login.user,
+      ...(login.seed ? { seed: { instanceId: SEED_INSTANCE_ID } } : {}),
+    });
     step(`booting a throwaway VM of ${path.basename(run.object)}`);
     try {
-      vm = await startVm({
-        ...projectVmOptions(s, {
-          disk,
-          mem: layer.config.mem ?? s.buildVm.mem,
-          cpus: layer.config.cpus ?? s.buildVm.cpus,
-          keyPath: keys.key,
-          serialLog: testLogPath(store, node.stack).replace(/\.log$/, ".console.log"),
-          runDir,
-          signal,
-          user: login.user,
-          ...(login.seed ? { seed: { instanceId: SEED_INSTANCE_ID } } : {}),
-        }),
-        ...(tests.ports.length ? { forwardPorts: tests.ports } : {}),
-      });
+      // This fresh boot of the new image is also the one that saves its warm snapshot, which its
+      // children's build VMs then resume (when the VM is a build VM's twin: no extra forwarded ports).
+      const warm = new WarmStore(store.internalDir);
+      const warmable = s.warm.enabled && s.network.mode === "user" && run.warm !== "cold" && !tests.ports.length && !(await warm.peek(run.object));
+      const saving = warmable
+        ? await bootAndSaveWarm({
+            warm,
+            want: { object: run.object, mem: opts.mem, cpus: opts.cpus, qemu: await qemuVersion(), devices: await deviceSet(opts) },
+            objectPath,
+            overlay: disk,
+            vm: opts,
+            signal,
+            note: (m: string) => log.note(`warning: ${m}`),
+            log: (m: string) => log.note(m),
+          })
+        : undefined;
+      if (saving) {
+        release = saving.release;
+        vm = saving.vm;
+        if (saving.installed) log.note("test: the boot saved the image's warm snapshot (its children's build VMs resume it)");
+      } else {
+        await qemuImg(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", path.relative(path.dirname(disk), objectPath), disk], signal);
+        vm = await startVm({ ...opts, ...(tests.ports.length ? { forwardPorts: tests.ports } : {}) });
+      }
     } catch (e) {
       throw new StepError("test", `the test VM did not boot (a fresh boot of the new image): ${errorMessage(e)}`);
     }
@@ -302,6 +330,7 @@ export async function runLayerTests(run: LayerTestRun): Promise<LayerTestOutcome
       await vm.kill();
       run.vmStopped(vm.pid, vm.usage());
     }
+    await release?.();
     await log.close();
     await fs.rm(disk, { force: true });
     await fs.rm(runDir, { recursive: true, force: true });

@@ -16,7 +16,7 @@ import * as path from "node:path";
 import type { Project } from "../project/types.js";
 import { qemuImg } from "../store/qemu-img.js";
 import type { Store } from "../store/store.js";
-import { WarmStore, type WarmMeta } from "../store/warm.js";
+import { WarmStore, type WarmIdentity, type WarmMeta } from "../store/warm.js";
 import { errorMessage } from "../util/errors.js";
 import { pathExists } from "../util/fs.js";
 import { projectVmOptions } from "../vm/options.js";
@@ -65,12 +65,9 @@ export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
   const parentPath = r.store.objectPath(r.parentObject);
   const { pidFile, ...vmOpts } = r.vm;
   const base = { ...projectVmOptions(s, { ...vmOpts, disk: r.tmpImage, signal: r.signal }), ...(pidFile ? { pidFile } : {}) };
-  const childOf = (backing: string, file: string): Promise<string> =>
-    // Relative backing path: the files can move with the build dir.
-    qemuImg(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", path.relative(path.dirname(file), backing), file], r.signal);
   const plain = async (): Promise<BuildVm> => {
     await fs.rm(r.tmpImage, { force: true });
-    await childOf(parentPath, r.tmpImage);
+    await childOf(parentPath, r.tmpImage, r.signal);
     if (r.grow) await r.grow(r.tmpImage);
     r.booting?.();
     const vm = await startVm(base);
@@ -101,7 +98,7 @@ export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
   if (found.discarded) r.note(`${parentName} was discarded: ${found.discarded}; cold boot`);
   if (found.snap) {
     const snap = found.snap;
-    await childOf(snap.boot, r.tmpImage);
+    await childOf(snap.boot, r.tmpImage, r.signal);
     r.booting?.();
     try {
       const vm = await startVm({ ...base, mac: snap.meta.mac, resume: { stateFile: snap.state, ip: snap.meta.ip } });
@@ -122,40 +119,79 @@ export async function startBuildVm(r: BuildVmRequest): Promise<BuildVm> {
   }
 
   // Cold boot on a boot overlay that becomes the snapshot's disk.
-  const dir = await r.warm.create(r.parentObject);
-  const release = (): Promise<void> => r.warm.removeUnlessInstalled(dir, r.parentObject);
+  const saved = await bootAndSaveWarm({
+    warm: r.warm,
+    want,
+    objectPath: parentPath,
+    overlay: r.tmpImage,
+    vm: base,
+    signal: r.signal,
+    note: r.note,
+    log: r.log,
+    ...(r.booting ? { booting: r.booting } : {}),
+  });
+  // Without the overlay the VM would be writing into the snapshot's disk: start over, plainly.
+  if (!saved) return plain();
+  return { vm: saved.vm, start: saved.installed ? "booted, snapshot saved" : "booted", finish: fold, release: saved.release };
+}
+
+/**
+ * Boot `want.object` on the boot overlay of a new warm snapshot folder; once the guest is ready, save
+ * the snapshot (RAM + boot overlay; installed for the image unless another VM got there first) and go
+ * on in `overlay` (created here, by QEMU). Undefined when the overlay could not be made: nothing runs
+ * then, and the caller boots plainly. `release()` (always, at the end) drops the folder unless installed.
+ * Used by build VMs of a parent with no snapshot yet, and by the test VM of a freshly built image.
+ */
+export async function bootAndSaveWarm(r: {
+  warm: WarmStore;
+  want: WarmIdentity;
+  /** Absolute path of the published object `want.object`. */
+  objectPath: string;
+  overlay: string;
+  vm: VmOptions;
+  signal: AbortSignal;
+  note: (message: string) => void;
+  log: (message: string) => void;
+  booting?: () => void;
+}): Promise<{ vm: QemuVm; installed: boolean; release: () => Promise<void> } | undefined> {
+  const dir = await r.warm.create(r.want.object);
+  const release = (): Promise<void> => r.warm.removeUnlessInstalled(dir, r.want.object);
   const boot = path.join(dir, "boot.qcow2");
   let vm: QemuVm | undefined;
   try {
-    await childOf(parentPath, boot);
+    await childOf(r.objectPath, boot, r.signal);
     r.booting?.();
-    vm = await startVm({ ...base, disk: boot });
+    vm = await startVm({ ...r.vm, disk: boot });
     const qmp = vm.qmp;
     if (!qmp) throw new Error("no QMP connection");
     const stateFile = path.join(dir, "state");
     let saved: { stateBytes: number; pausedMs: number } | undefined;
     try {
-      saved = await saveWarmState(qmp, { overlay: r.tmpImage, stateFile, signal: r.signal });
+      saved = await saveWarmState(qmp, { overlay: r.overlay, stateFile, signal: r.signal });
     } catch (e) {
       if (r.signal.aborted) throw e;
-      r.note(`could not save a warm snapshot (${firstLine(errorMessage(e))}); this build goes on, the next one boots again`);
+      r.note(`could not save a warm snapshot (${firstLine(errorMessage(e))}); this VM goes on, the next one boots again`);
     }
-    // Without the overlay the VM would be writing into the snapshot's disk: start over, plainly.
-    if (!(await pathExists(r.tmpImage))) throw new RetryPlain();
+    if (!(await pathExists(r.overlay))) throw new RetryPlain();
     await setGuestClock(vm, r.signal);
-    let start: BuildVm["start"] = "booted";
+    let installed = false;
     if (saved) {
-      const meta: WarmMeta = { ...want, mac: vm.mac, ip: vm.ip, stateBytes: saved.stateBytes, createdAt: new Date().toISOString() };
-      if (await r.warm.install(dir, meta)) start = "booted, snapshot saved";
+      const meta: WarmMeta = { ...r.want, mac: vm.mac, ip: vm.ip, stateBytes: saved.stateBytes, createdAt: new Date().toISOString() };
+      installed = await r.warm.install(dir, meta);
       r.log(`warm snapshot: ${Math.round(saved.stateBytes / 1048576)} MiB of RAM state, guest paused ${saved.pausedMs} ms`);
     }
-    return { vm, start, finish: fold, release };
+    return { vm, installed, release };
   } catch (e) {
     if (vm) await vm.kill();
     await release();
-    if (e instanceof RetryPlain) return plain();
+    if (e instanceof RetryPlain) return undefined;
     throw e;
   }
+}
+
+/** A qcow2 child of `backing`, by a relative path: the files can move with the build dir. */
+function childOf(backing: string, file: string, signal: AbortSignal): Promise<string> {
+  return qemuImg(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", path.relative(path.dirname(file), backing), file], signal);
 }
 
 class RetryPlain extends Error {}

@@ -3,7 +3,8 @@
  * child; fixing the test reruns only the test; a recorded pass is not rerun; a host test reaches a
  * forwarded port; `dbuild test` reruns on demand; plan lists what would run.
  *
- * VM boots, in order: build svc + test svc (2), test svc again + build leaf (2), dbuild test (1) = 5.
+ * VM boots, in order: build svc + test svc (2), test svc again + build leaf (2), dbuild test (1); then build
+ * plain + its test VM (saving the warm snapshot) + kid, resumed (3) = 8.
  */
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
@@ -139,5 +140,24 @@ describe("layer tests", () => {
     const skip = await run("all", "--no-test");
     expect(skip.code).toBe(0);
     expect(stacksOf(skip, "node-start")).toEqual([]);
+  }, 300_000);
+});
+
+describe("the test VM's boot saves the new image's warm snapshot", () => {
+  it("a tested layer's child resumes the snapshot its parent's test VM saved (no extra boot)", async () => {
+    await p.layer("plain", "echo plain > /etc/plain");
+    await p.write("layers/plain/test/guest/10-plain", "#!/bin/sh\necho 1..1\n[ \"$(cat /etc/plain)\" = plain ] && echo ok 1 || echo not ok 1\n", 0o755);
+    await p.layer("kid", "echo kid > /etc/kid");
+    await p.target("micro:plain:kid");
+    const r = await run("build", "micro:plain:kid");
+    expect(r.code, r.stderr + r.stdout.slice(-3000)).toBe(0);
+    expect(of(r.events, "test-done", "micro:plain").map((e) => e.ok)).toEqual([true]);
+    const object = path.basename(await fs.realpath(path.join(p.root, "build", "micro:plain.qcow2")));
+    // The snapshot is the image's (.dbuild/warm/<object> links to it), and the child's build VM resumed it.
+    const link = await fs.readlink(path.join(p.root, "build", ".dbuild", "warm", object));
+    expect(link.startsWith(`${object}.`)).toBe(true);
+    const boot = of(r.events, "step", "micro:plain:kid").filter((e) => e.step === "boot" && e.detail);
+    expect(boot.map((e) => e.detail)).toEqual(["resumed"]);
+    expect(qemuOf(p.root)).toEqual([]);
   }, 300_000);
 });
