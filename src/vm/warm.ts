@@ -65,6 +65,10 @@ export async function saveWarmState(qmp: QmpClient, opts: { overlay: string; sta
     const quoted = opts.stateFile.replace(/'/g, "'\\''");
     await qmp.execute("migrate", { uri: `exec:cat > '${quoted}'` }, { signal: opts.signal });
     await waitMigration(qmp, "saving the RAM state", opts.signal);
+  } catch (e) {
+    // A partial state is useless, and on a full disk it holds the space the build goes on needing.
+    await fs.rm(opts.stateFile, { force: true });
+    throw e;
   } finally {
     // After a migration the disk is handed over (inactive); cont takes it back. Always run the VM
     // again, so a failed save costs only the snapshot.

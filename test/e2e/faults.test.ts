@@ -280,6 +280,8 @@ describe("faults", () => {
       expect(msg).toContain(`no space left on the file system holding the build dir ${build(d.root)}`);
       expect(msg).toMatch(/had written [\d.]+ MiB when it stopped/);
       expect(msg).toContain("Nothing was published");
+      // The disk filled during the install's writes, not before (a failed warm-snapshot save frees its space).
+      expect(fillAt, "the install never started writing: the disk was full before").toBeGreaterThan(0);
       const ms = failed!.time - fillAt;
       expect(ms).toBeLessThan(30_000);
       expect(qemuOf(d.root)).toEqual([]);
